@@ -1,0 +1,5 @@
+"""`python -m openprofile` is the `openprofile` command."""
+
+from openprofile.cli.main import app
+
+app()

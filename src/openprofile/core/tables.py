@@ -1,0 +1,144 @@
+"""The metadata store's tables, in one place so the whole picture reads at a glance.
+
+Every tenant-owned row carries `org_id` and `sandbox_id`; every query filters on both.
+Migrations under `migrations/versions` create and change these; this module is what code queries.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+server_config = Table(
+    "server_config",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+orgs = Table(
+    "orgs",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+sandboxes = Table(
+    "sandboxes",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("org_id", String(128), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("title", String(256), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("is_default", Integer, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    UniqueConstraint("org_id", "name", name="uq_sandboxes_org_name"),
+)
+
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("client_id", String(128), primary_key=True),
+    Column("org_id", String(128), nullable=False),
+    Column("secret_hash", String(256), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+schemas = Table(
+    "schemas",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("schema_id", String(512), nullable=False),
+    Column("alt_id", String(512), nullable=False),
+    Column("class_id", String(512), nullable=False),
+    Column("title", String(512), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("version", String(16), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    UniqueConstraint("org_id", "sandbox_id", "schema_id", name="uq_schemas_tenant_id"),
+)
+
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("name", String(512), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("structure", JSON, nullable=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index("ix_datasets_tenant", "org_id", "sandbox_id", "created_ms"),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("dataset_id", String(64), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("input_format", JSON, nullable=True),
+    Column("body", JSON, nullable=False),
+    Column("errors", JSON, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("started_ms", BigInteger, nullable=True),
+    Column("completed_ms", BigInteger, nullable=True),
+    Index("ix_batches_tenant", "org_id", "sandbox_id", "created_ms"),
+    Index("ix_batches_dataset", "dataset_id", "status"),
+)
+
+batch_files = Table(
+    "batch_files",
+    metadata,
+    Column("id", String(96), primary_key=True),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("batch_id", String(64), nullable=False),
+    Column("dataset_id", String(64), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("path", String(1024), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("records", BigInteger, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Index("ix_batch_files_batch", "batch_id"),
+)
+
+queue_jobs = Table(
+    "queue_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(64), nullable=False),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("ref", String(128), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("lease_owner", String(128), nullable=True),
+    Column("lease_expires_ms", BigInteger, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index("ix_queue_jobs_claim", "status", "lease_expires_ms"),
+)
