@@ -18,16 +18,12 @@ from openprofile.generate import generate_dataset
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profiles", type=int, default=100_000)
     parser.add_argument("--events-per-profile", type=int, default=10)
     parser.add_argument("--fragments-per-profile", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument(
-        "--out", type=Path, default=None, help="directory to write into (default: a temp dir)"
-    )
+    parser.add_argument("--out", type=Path, default=None, help="directory to write into (default: a temp dir)")
     args = parser.parse_args()
 
     out = args.out or Path(tempfile.mkdtemp(prefix="openprofile-bench-"))
