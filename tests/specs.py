@@ -29,7 +29,10 @@ def load_spec(name: str) -> dict[str, Any]:
 def response_schema(spec: str, method: str, path: str, status: int) -> dict[str, Any]:
     document = load_spec(spec)
     operation = document["paths"][path][method.lower()]
-    response = operation["responses"][str(status)]
+    responses = operation["responses"]
+    response = responses.get(status, responses.get(str(status)))
+    if response is None:
+        raise AssertionError(f"{spec}: {method} {path} has no {status} response")
     content = response.get("content", {})
     for media in ("application/json", *content.keys()):
         if media in content and "schema" in content[media]:

@@ -105,8 +105,9 @@ def _pointer(loc: tuple[Any, ...]) -> str:
     return f"/{path}" if where == "body" else (path or str(where))
 
 
-def fields_from_pydantic(errors: list[Any]) -> list[FieldError]:
-    return [FieldError(_pointer(tuple(e.get("loc", ()))), str(e.get("msg", "invalid"))) for e in errors]
+def fields_from_pydantic(errors: list[Any], where: tuple[str, ...] = ()) -> list[FieldError]:
+    """Pydantic errors as fields; `where` prefixes locations that lack FastAPI's ("body", ...) or ("query", ...)."""
+    return [FieldError(_pointer(where + tuple(e.get("loc", ()))), str(e.get("msg", "invalid"))) for e in errors]
 
 
 def malformed_json(body: bytes, position: int, reason: str) -> MalformedJSON:
@@ -146,12 +147,12 @@ async def json_body(request: Request, model: type[Model]) -> Model:
     return validate(model, data)
 
 
-def validate(model: type[Model], data: Any, prefix: str = "") -> Model:
+def validate(model: type[Model], data: Any) -> Model:
+    """Validate a parsed JSON body; each bad field is reported as a JSON pointer into the body."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        fields = [FieldError(prefix + f.path if prefix else f.path, f.message)
-                  for f in fields_from_pydantic(list(exc.errors()))]
+        fields = fields_from_pydantic(list(exc.errors()), ("body",))
         names = ", ".join(f"{f.path} ({f.message})" for f in fields)
         raise ValidationFailed(f"Invalid request: {names}", fields=fields) from None
 

@@ -115,12 +115,12 @@ def run_ingest_job(platform: Platform, job: ClaimedJob) -> None:
             dataset.xdm_class.kind if dataset.xdm_class else None, dataset.structure, staged,
             rows_per_file=platform.settings.rows_per_file, threads=platform.settings.engine_threads,
         )
-    except IngestFailure as failure:
-        rows = sorted({str(r.row) for r in failure.rows}, key=int)
-        described = failure.message
-        if failure.rows:
-            described += " " + "; ".join(f"{r.file} row {r.row}: {r.reason}" for r in failure.rows[:100])
-        _fail(platform, tenant, batch_id, failure.code, described, rows,
+    except IngestFailure as refused:
+        rows = sorted({str(r.row) for r in refused.rows}, key=int)
+        described = refused.message
+        if refused.rows:
+            described += " " + "; ".join(f"{r.file} row {r.row}: {r.reason}" for r in refused.rows[:100])
+        _fail(platform, tenant, batch_id, refused.code, described, rows,
               {"recordsRead": 0, "recordsWritten": 0, "inputByteSize": input_bytes})
         return
     metrics = {

@@ -102,8 +102,8 @@ def _class_refs(body: dict[str, Any]) -> tuple[list[str], list[FieldError]]:
     all_of = body.get("allOf")
     if not isinstance(all_of, list) or not all_of:
         return [], [FieldError("/allOf", "a list of {\"$ref\": ...} naming exactly one class is required")]
-    refs = [item.get("$ref") for item in all_of if isinstance(item, dict)]
-    if len(refs) != len(all_of) or not all(isinstance(r, str) for r in refs):
+    refs = [item["$ref"] for item in all_of if isinstance(item, dict) and isinstance(item.get("$ref"), str)]
+    if len(refs) != len(all_of):
         return [], [FieldError("/allOf", "every item must be {\"$ref\": \"<id>\"}")]
     classes = [r for r in refs if r in CLASSES]
     if len(classes) != 1:
