@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     poll_seconds: float = 0.2
     rows_per_file: int = 1_000_000
     engine_threads: int | None = None
+    max_merge_policies: int = Field(default=5, description="AEP's guardrail: merge policies per sandbox.")
+    max_graph_identities: int = Field(default=50, description="Larger identity graphs are left out, as in AEP.")
 
     @property
     def resolved_database_url(self) -> str:
@@ -55,6 +57,10 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path:
         return self.data_dir / "staging"
+
+    @property
+    def profile_dir(self) -> Path:
+        return self.data_dir / "profile"
 
     @property
     def uploads_dir(self) -> Path:

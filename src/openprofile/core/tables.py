@@ -142,3 +142,77 @@ queue_jobs = Table(
     Column("updated_ms", BigInteger, nullable=False),
     Index("ix_queue_jobs_claim", "status", "lease_expires_ms"),
 )
+
+# --- the profile store's bookkeeping (its data lives in Parquet generations, see profile/store.py) ------------
+
+profile_batches = Table(
+    "profile_batches",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("batch_id", String(64), nullable=False, unique=True),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("dataset_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("applied_ms", BigInteger, nullable=True),
+    Index("ix_profile_batches_tenant", "org_id", "sandbox_id", "status", "seq"),
+)
+
+profile_deletions = Table(
+    "profile_deletions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("namespace", String(128), nullable=False),
+    Column("identity", String(1024), nullable=False),
+    Column("deleted_ms", BigInteger, nullable=False),
+    Index("ix_profile_deletions_tenant", "org_id", "sandbox_id"),
+)
+
+# --- merge policies (profile/policies.py): the current version of each, and every version ever written ---------
+
+merge_policies = Table(
+    "merge_policies",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("name", String(512), nullable=False),
+    Column("schema_name", String(64), nullable=False),
+    Column("identity_graph", String(16), nullable=False),
+    Column("attribute_merge", String(32), nullable=False),
+    Column("dataset_order", JSON, nullable=False),
+    Column("is_default", Integer, nullable=False),
+    Column("is_active_on_edge", Integer, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    UniqueConstraint("org_id", "sandbox_id", "id", name="uq_merge_policies_tenant_id"),
+    # One default per schema class and one edge policy per sandbox, even if two writers race.
+    Index("uq_merge_policies_default", "org_id", "sandbox_id", "schema_name", unique=True,
+          sqlite_where=text("is_default = 1"), postgresql_where=text("is_default = 1")),
+    Index("uq_merge_policies_edge", "org_id", "sandbox_id", unique=True,
+          sqlite_where=text("is_active_on_edge = 1"), postgresql_where=text("is_active_on_edge = 1")),
+)
+
+merge_policy_versions = Table(
+    "merge_policy_versions",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("policy_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("name", String(512), nullable=False),
+    Column("schema_name", String(64), nullable=False),
+    Column("identity_graph", String(16), nullable=False),
+    Column("attribute_merge", String(32), nullable=False),
+    Column("dataset_order", JSON, nullable=False),
+    Column("is_default", Integer, nullable=False),
+    Column("is_active_on_edge", Integer, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    UniqueConstraint("org_id", "sandbox_id", "policy_id", "version", name="uq_merge_policy_versions_key"),
+)
