@@ -20,12 +20,13 @@ from openprofile.core.settings import Settings
 from openprofile.gateway.routes import router as gateway_router
 from openprofile.ingest import service as ingest
 from openprofile.ingest.routes import router as ingest_router
+from openprofile.profile import store as profile_store
 from openprofile.schemaregistry.routes import router as schema_router
 
 
 def job_handlers(platform: Platform) -> dict[str, Handler]:
     """Every kind of queued job and who runs it; shared by the server and `openprofile worker`."""
-    return {ingest.JOB_KIND: ingest.handler(platform)}
+    return {ingest.JOB_KIND: ingest.handler(platform), profile_store.JOB_KIND: profile_store.handler(platform)}
 
 
 def worker_pool(platform: Platform, size: int) -> WorkerPool:

@@ -150,6 +150,32 @@ def sandbox_list(org_id: str = typer.Option(None, "--org-id"), data_dir: Path = 
 
 
 @app.command()
+def rebuild(
+    org_id: str = typer.Option(..., "--org-id"),
+    sandbox: str = typer.Option("prod", "--sandbox"),
+    data_dir: Path = DataDir,
+    database_url: str = DatabaseUrl,
+) -> None:
+    """Rebuild a sandbox's profile store from its lake batches (deleted profiles stay deleted)."""
+    import time
+
+    from openprofile.core.platform import Platform
+    from openprofile.core.tenancy import Tenant, find_sandbox
+    from openprofile.profile import store
+
+    platform = Platform.open(settings_from(data_dir=data_dir, database_url=database_url))
+    with platform.engine.connect() as conn:
+        found = find_sandbox(conn, org_id, sandbox)
+    if found is None:
+        console.print(f"[red]no sandbox '{sandbox}' in org '{org_id}'[/]")
+        raise typer.Exit(2)
+    started = time.perf_counter()
+    applied = store.rebuild(platform, Tenant(org_id, found.id, found.name))
+    console.print(f"rebuilt the profile store of {org_id}/{sandbox} from {applied} batches "
+                  f"in {time.perf_counter() - started:.2f} s")
+
+
+@app.command()
 def generate(
     profiles: int = typer.Option(100_000, help="People to generate."),
     seed: int = typer.Option(42, help="Same seed, same data."),

@@ -24,6 +24,7 @@ from openprofile.core.tenancy import Tenant
 from openprofile.engine.ingest import IngestFailure, ingest_files
 from openprofile.engine.structure import StructureConflict, merge_structures
 from openprofile.ingest.models import CreateBatchRequest
+from openprofile.profile import store as profile_store
 
 JOB_KIND = "ingest.batch"
 _FILE_NAME = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._ -]{0,254}$")
@@ -148,6 +149,7 @@ def run_ingest_job(platform: Platform, job: ClaimedJob) -> None:
                 if not catalog.set_batch_status(conn, tenant, batch_id, expected=("processing",),
                                                 status="success", metrics=metrics, errors=[]):
                     raise _Superseded
+                profile_store.register_batch(conn, tenant, current, batch_id)
     except _Superseded:
         platform.lake.remove_batch(tenant, batch.dataset_id, batch_id)
         return
