@@ -191,12 +191,13 @@ merge_policies = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
     UniqueConstraint("org_id", "sandbox_id", "id", name="uq_merge_policies_tenant_id"),
-    # One default per schema class and one edge policy per sandbox, even if two writers race.
-    Index("uq_merge_policies_default", "org_id", "sandbox_id", "schema_name", unique=True,
-          sqlite_where=text("is_default = 1"), postgresql_where=text("is_default = 1")),
-    Index("uq_merge_policies_edge", "org_id", "sandbox_id", unique=True,
-          sqlite_where=text("is_active_on_edge = 1"), postgresql_where=text("is_active_on_edge = 1")),
 )
+# One default per schema class and one edge policy per sandbox, even if two writers race.
+Index("uq_merge_policies_default", merge_policies.c.org_id, merge_policies.c.sandbox_id,
+      merge_policies.c.schema_name, unique=True, sqlite_where=merge_policies.c.is_default == 1,
+      postgresql_where=merge_policies.c.is_default == 1)
+Index("uq_merge_policies_edge", merge_policies.c.org_id, merge_policies.c.sandbox_id, unique=True,
+      sqlite_where=merge_policies.c.is_active_on_edge == 1, postgresql_where=merge_policies.c.is_active_on_edge == 1)
 
 merge_policy_versions = Table(
     "merge_policy_versions",

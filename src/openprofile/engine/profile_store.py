@@ -7,7 +7,7 @@ a manifest (`gen-{n}.json`) naming immutable Parquet files under `files/`:
   (point lookups prune row groups); `members`: the same rows sorted by `cluster`.
 - per profile-record dataset, its *fragments*: the newest record of each primary identity (a newer
   record for the same key replaces the older one), with `_xid` (the primary identity's XID),
-  `_ns`, `_id`, `_ingest_ms`, `_batch`; sorted by `_xid`.
+  `_identity_ns`, `_identity_id` (its namespace and id), `_ingest_ms`, `_batch`; sorted by `_xid`.
 - per event dataset, its events (deduplicated on `_id` within the dataset), one file per applied
   batch, with the same system columns, sorted by `_xid`.
 
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from openprofile.engine.structure import Structure, from_arrow_schema, merge_structures
 
 ROW_GROUP = 16_384
-SYSTEM_COLUMNS = ("_xid", "_ns", "_id", "_ingest_ms", "_batch")
+SYSTEM_COLUMNS = ("_xid", "_identity_ns", "_identity_id", "_ingest_ms", "_batch")
 
 # identityMap → a deduplicated list of {ns, id, primary, xid}, ordered by (ns, id).
 _ITEMS = """list_sort(list_distinct(list_filter(flatten(list_transform(map_entries("identityMap"),
@@ -307,7 +307,7 @@ def _with_keys(batch: BatchInput, seq_column: bool = False) -> str:
     primary = _primary_sql(_ITEMS)
     extra = ", row_number() OVER () AS _row" if seq_column else ""
     return f"""
-        SELECT * EXCLUDE (_p), md5(_p.ns || ':' || _p.id) AS _xid, _p.ns AS _ns, _p.id AS _id,
+        SELECT * EXCLUDE (_p), md5(_p.ns || ':' || _p.id) AS _xid, _p.ns AS _identity_ns, _p.id AS _identity_id,
                CAST({batch.ingest_ms} AS BIGINT) AS _ingest_ms, '{batch.batch_id}' AS _batch
         FROM (SELECT *, {primary} AS _p{extra} FROM {_files_sql(batch.files)})
         WHERE _p IS NOT NULL
