@@ -21,6 +21,7 @@ from openprofile.gateway.routes import router as gateway_router
 from openprofile.ingest import service as ingest
 from openprofile.ingest.routes import router as ingest_router
 from openprofile.profile import store as profile_store
+from openprofile.profile.access_routes import router as profile_access_router
 from openprofile.profile.policy_routes import router as merge_policies_router
 from openprofile.schemaregistry.routes import router as schema_router
 
@@ -62,6 +63,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     install_error_handlers(app)
     for router in (gateway_router, catalog_router, ingest_router, access_router, schema_router,
-                   merge_policies_router):
+                   merge_policies_router, profile_access_router):
         app.include_router(router)
     return app

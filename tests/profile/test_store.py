@@ -68,8 +68,8 @@ def test_newer_record_replaces_and_events_dedupe(api: Api, platform: Platform) -
     ingest(api, web, [event("e1", ECID_A), event("e2", ECID_A)])
     ingest(api, web, [event("e2", ECID_A), event("e3", ECID_A)])
     snapshot = settled(platform, tenant_of(platform))
-    names = dict(duckdb.sql(
-        f"SELECT _identity_id, person.name.firstName FROM read_parquet({[str(p) for p in snapshot.paths(crm)]})").fetchall())
+    crm_files = [str(p) for p in snapshot.paths(crm)]
+    names = dict(duckdb.sql(f"SELECT _identity_id, person.name.firstName FROM read_parquet({crm_files})").fetchall())
     assert names == {"C1": "Anna", "C2": "Bob"}
     ids = sorted(r[0] for r in duckdb.sql(
         f"SELECT \"_id\" FROM read_parquet({[str(p) for p in snapshot.paths(web)]}, union_by_name=true)").fetchall())

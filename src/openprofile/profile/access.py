@@ -1,0 +1,216 @@
+"""Profile Access: one merged profile by identity, its events, several profiles at once, and deletion.
+
+A lookup runs the same merge plan as an export, restricted to one profile's fragments: the requested
+identity → its cluster (`pdg`) or itself (`none`) → the member identities → their fragments in the
+datasets the merge policy includes → `engine/merge.py`. The answer is keyed by the requested
+identity's XID. A cluster over the size limit answers 422 "Too many related identities", as AEP does.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+
+from openprofile.core.clock import ms_to_iso
+from openprofile.core.errors import FieldError, NotFound, PlatformError, Unprocessable, ValidationFailed
+from openprofile.core.platform import Platform
+from openprofile.core.tenancy import Tenant
+from openprofile.engine import profiles as plans
+from openprofile.engine.fields import UnknownField, check_fields, parse_fields, project_sql
+from openprofile.engine.merge import MergeRule, profile_structure
+from openprofile.engine.structure import Structure, merge_structures
+from openprofile.identity.namespaces import looks_like_xid, xid
+from openprofile.profile import store
+from openprofile.profile.policies import MergePolicy
+
+PROFILE_SCHEMA = "_xdm.context.profile"
+EVENT_SCHEMA = "_xdm.context.experienceevent"
+_local = threading.local()
+
+
+def _duck() -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection per thread, with Parquet metadata cached between lookups."""
+    conn: duckdb.DuckDBPyConnection | None = getattr(_local, "conn", None)
+    if conn is None:
+        conn = duckdb.connect()
+        conn.execute("SET enable_object_cache = true")
+        conn.execute("SET threads = 1")
+        _local.conn = conn
+    return conn
+
+
+def access_error(error: PlatformError) -> PlatformError:
+    """Profile Access errors also carry the spec's `message` and `statusCode` (a string) fields."""
+    error.extra = {**error.extra, "message": error.detail, "statusCode": str(error.status)}
+    return error
+
+
+def jsonable(value: Any) -> Any:
+    """Arrow values as AEP's JSON: maps (lists of key/value tuples) as objects, times as RFC 3339."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+            return {str(k): jsonable(v) for k, v in value}
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        stamp = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return stamp.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A profile's identities under a policy: the group key and its member XIDs."""
+
+    requested_xid: str
+    group: str
+    members: list[tuple[str, str, str]]
+
+
+def _requested_xid(entity_id: str, namespace: str | None, field: str = "entityId") -> str:
+    if not entity_id:
+        raise access_error(ValidationFailed(f"{field} is required", fields=[FieldError(field, "required")]))
+    if namespace:
+        return xid(namespace, entity_id)
+    if not looks_like_xid(entity_id):
+        raise access_error(ValidationFailed(
+            f"{field} '{entity_id}' is not an XID; give its namespace in {field}NS",
+            fields=[FieldError(f"{field}NS", "required unless the id is an XID")]))
+    return entity_id
+
+
+def find_profile(platform: Platform, snapshot: store.StoreSnapshot, policy: MergePolicy, entity_id: str,
+                 namespace: str | None, field: str = "entityId") -> Profile:
+    requested = _requested_xid(entity_id, namespace, field)
+    described = f"{namespace}:{entity_id}" if namespace else entity_id
+    identities = snapshot.manifest.identities
+    hit = plans.find_identity(_duck(), snapshot.files.path(identities), requested) if identities else None
+    if hit is None:
+        raise access_error(NotFound(f"No profile found for identity '{described}'."))
+    if policy.identity_graph == "pdg":
+        if hit.cluster_size > platform.settings.max_graph_identities:
+            raise access_error(Unprocessable(
+                f"Too many related identities: the graph of '{described}' links {hit.cluster_size} identities, "
+                f"more than {platform.settings.max_graph_identities}."))
+        assert snapshot.manifest.members is not None
+        members = plans.cluster_members(_duck(), snapshot.files.path(snapshot.manifest.members), hit.cluster)
+        return Profile(requested, hit.cluster, members)
+    return Profile(requested, hit.xid, [(hit.xid, hit.namespace, hit.id)])
+
+
+def _record_datasets(snapshot: store.StoreSnapshot, policy: MergePolicy) -> list[plans.RecordDataset]:
+    rule = merge_rule(policy)
+    return [plans.RecordDataset(d, snapshot.paths(d), snapshot.manifest.datasets[d].structure)
+            for d in snapshot.record_datasets() if rule.includes(d)]
+
+
+def merge_rule(policy: MergePolicy) -> MergeRule:
+    return MergeRule(policy.attribute_merge, tuple(policy.order))
+
+
+def profile_fields(snapshot: store.StoreSnapshot) -> Structure:
+    """Every record field of the profile-enabled datasets, plus `identities`: what `fields` may name."""
+    sources = plans.fragment_sources(
+        [plans.RecordDataset(d, snapshot.paths(d), snapshot.manifest.datasets[d].structure)
+         for d in snapshot.record_datasets()], stitched=False, identities=None)
+    return profile_structure(sources)
+
+
+def parse_and_check_fields(fields: str | list[str] | None, structure: Structure,
+                           name: str = "fields") -> list[str] | None:
+    paths = parse_fields(fields)
+    if paths is not None:
+        try:
+            check_fields(paths, structure)
+        except UnknownField as exc:
+            raise access_error(ValidationFailed(
+                f"{name}: '{exc.path}' is not a field of any profile-enabled dataset",
+                fields=[FieldError(name, f"unknown path '{exc.path}'")])) from None
+    return paths
+
+
+def merged_entity(platform: Platform, snapshot: store.StoreSnapshot, policy: MergePolicy, profile: Profile,
+                  paths: list[str] | None) -> dict[str, Any] | None:
+    """The merged, projected entity of one profile with its envelope fields, or None without fragments."""
+    datasets = _record_datasets(snapshot, policy)
+    if not datasets:
+        return None
+    sources = plans.fragment_sources(datasets, stitched=policy.identity_graph == "pdg", identities=None,
+                                     members=[m[0] for m in profile.members], group=profile.group)
+    structure = profile_structure(sources)
+    projection = ", ".join(project_sql(paths, structure, source="m")) or "NULL AS \"__none\""
+    sql = (f"SELECT {projection}, m._sources, m._tags, m._last_modified_ms "
+           f"FROM ({plans.merged_profiles_sql(sources, merge_rule(policy))}) m")
+    table = _duck().sql(sql).to_arrow_table()
+    if table.num_rows == 0:
+        return None
+    row = table.to_pylist()[0]
+    return {
+        "entityId": profile.requested_xid,
+        "sources": row.pop("_sources"),
+        "tags": row.pop("_tags"),
+        "identityGraph": [m[0] for m in profile.members],
+        "mergePolicy": {"id": policy.id},
+        "entity": jsonable({k: v for k, v in row.items() if k not in ("_last_modified_ms", "__none")}),
+        "lastModifiedAt": ms_to_iso(int(row["_last_modified_ms"])),
+    }
+
+
+def lookup(platform: Platform, tenant: Tenant, policy: MergePolicy, entity_id: str, namespace: str | None,
+           fields: str | list[str] | None) -> dict[str, Any]:
+    snapshot = store.snapshot(platform, tenant)
+    paths = parse_and_check_fields(fields, profile_fields(snapshot))
+    profile = find_profile(platform, snapshot, policy, entity_id, namespace)
+    entity = merged_entity(platform, snapshot, policy, profile, paths)
+    if entity is None:
+        raise access_error(NotFound(f"No profile found for identity '{entity_id}'."))
+    return {profile.requested_xid: entity}
+
+
+def event_fields(snapshot: store.StoreSnapshot) -> Structure:
+    merged: Structure = {}
+    for dataset_id in snapshot.event_datasets():
+        merged = merge_structures(merged, snapshot.manifest.datasets[dataset_id].structure)
+    return merged
+
+
+def events(platform: Platform, tenant: Tenant, policy: MergePolicy, entity_id: str, namespace: str | None, *,
+           fields: str | None, start_ms: int | None, end_ms: int | None, descending: bool, limit: int,
+           offset: int) -> tuple[list[dict[str, Any]], bool]:
+    """One page of a profile's events (and whether more follow), newest or oldest first."""
+    snapshot = store.snapshot(platform, tenant)
+    structure = event_fields(snapshot)
+    paths = parse_and_check_fields(fields, structure)
+    profile = find_profile(platform, snapshot, policy, entity_id, namespace, "relatedEntityId")
+    # Events are appended, never merged: every profile-enabled event dataset contributes, under any policy.
+    event_paths = [p for d in snapshot.event_datasets() for p in snapshot.paths(d)]
+    if not event_paths:
+        return [], False
+    base = plans.events_sql(event_paths, [m[0] for m in profile.members], start_ms=start_ms, end_ms=end_ms,
+                            descending=descending, limit=limit + 1, offset=offset)
+    projection = ", ".join(project_sql(paths, structure, source="e"))
+    table = _duck().sql(
+        f"SELECT {projection}, e._id AS __event_id, epoch_ms(e.\"timestamp\") AS __ts, e._ingest_ms AS __ingest "
+        f"FROM ({base}) e").to_arrow_table()
+    rows = table.to_pylist()
+    children = [
+        {
+            "relatedEntityId": profile.requested_xid,
+            "entityId": row.pop("__event_id"),
+            "timestamp": row.pop("__ts"),
+            "lastModifiedAt": ms_to_iso(int(row.pop("__ingest"))),
+            "entity": jsonable(row),
+        }
+        for row in rows[:limit]
+    ]
+    return children, len(rows) > limit
