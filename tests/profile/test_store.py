@@ -9,6 +9,7 @@ import duckdb
 
 from openprofile.core.platform import Platform
 from openprofile.core.tenancy import Tenant, find_sandbox
+from openprofile.engine.profile_store import indexed_rows
 from openprofile.identity.namespaces import xid
 from openprofile.profile import store
 from tests.conftest import ORG, Api
@@ -34,8 +35,9 @@ def settled(platform: Platform, tenant: Tenant) -> store.StoreSnapshot:
 
 def clusters(snapshot: store.StoreSnapshot) -> dict[str, set[str]]:
     assert snapshot.manifest.members is not None
-    members = snapshot.files.path(snapshot.manifest.members)
-    rows = duckdb.sql(f"SELECT cluster, ns || ':' || id FROM read_parquet('{members}')").fetchall()
+    members = snapshot.path(snapshot.manifest.members)
+    query = f"SELECT replace(cluster::VARCHAR, '-', ''), ns || ':' || id FROM read_parquet('{members}')"
+    rows = duckdb.sql(query).fetchall()
     grouped: dict[str, set[str]] = {}
     for cluster, identity in rows:
         grouped.setdefault(cluster, set()).add(identity)
@@ -68,11 +70,12 @@ def test_newer_record_replaces_and_events_dedupe(api: Api, platform: Platform) -
     ingest(api, web, [event("e1", ECID_A), event("e2", ECID_A)])
     ingest(api, web, [event("e2", ECID_A), event("e3", ECID_A)])
     snapshot = settled(platform, tenant_of(platform))
-    crm_files = [str(p) for p in snapshot.paths(crm)]
-    names = dict(duckdb.sql(f"SELECT _identity_id, person.name.firstName FROM read_parquet({crm_files})").fetchall())
+    view = snapshot.view
+    fragments = indexed_rows(view.lake_root, view.files, snapshot.manifest.datasets[crm])
+    names = dict(duckdb.sql(f"SELECT _identity_id, person.name.firstName FROM {fragments}").fetchall())
     assert names == {"C1": "Anna", "C2": "Bob"}
-    ids = sorted(r[0] for r in duckdb.sql(
-        f"SELECT \"_id\" FROM read_parquet({[str(p) for p in snapshot.paths(web)]}, union_by_name=true)").fetchall())
+    events = indexed_rows(view.lake_root, view.files, snapshot.manifest.datasets[web])
+    ids = sorted(r[0] for r in duckdb.sql(f'SELECT "_id" FROM {events}').fetchall())
     assert ids == ["e1", "e2", "e3"]
 
 

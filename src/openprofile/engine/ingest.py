@@ -12,9 +12,11 @@ Formats
 **json** — a file may hold a JSON array of objects (what ``aepp`` uploads), newline-delimited objects, or a
 single object. The structure is inferred over *all* records: integers are BIGINT, other numbers DOUBLE
 (BIGINT and DOUBLE mixed widen to DOUBLE), strings VARCHAR, objects structs, arrays lists; a field that is
-never anything but null (or ``{}``) is VARCHAR. A field that is, say, a string in one record and a number
-in another fails the batch (``SCHEMA_CONFLICT``, naming the field and the first record of each kind).
-Strings are never guessed to be dates: only the known XDM fields below are timestamps.
+never anything but null is VARCHAR, one that is never anything but ``{}`` (or null) is left out. A field
+that is, say, a string in one record and a number in another fails the batch (``SCHEMA_CONFLICT``, naming
+the field and the first record of each kind). Strings are never guessed to be dates: only the known XDM
+fields below are timestamps. Malformed JSON fails the batch (``MALFORMED_JSON``) naming the file and the
+line (newline-delimited files) or the record (arrays) where DuckDB's parser stopped.
 
 **parquet** — read as typed. Integers of any width become BIGINT, floats and decimals DOUBLE, timestamps
 (any unit, with or without zone) TIMESTAMPTZ; binary, time and other types fail the batch. Files shaped like
@@ -23,14 +25,16 @@ maps, ``timestamp[us, tz=UTC]``) pass through with no conversion. An ``identityM
 ``segmentMembership``) stored as a *struct* keyed by namespace, as ``pyarrow.Table.from_pylist`` makes
 it, is converted to the map type (null namespaces are dropped).
 
-**csv** — UTF-8 with a header row. The dialect and the column types are sniffed by DuckDB over the whole
-file (BIGINT, DOUBLE, BOOLEAN, DATE, TIMESTAMP/TIMESTAMPTZ; values with leading zeros or a ``+`` stay
-text; anything else is VARCHAR). A dotted header ``person.name.firstName`` becomes the nested field
+**csv** — UTF-8, comma-separated, ``"`` quotes (doubled inside a quoted value), a header row, the same
+number of cells in every row (anything else is ``MALFORMED_CSV``, naming the line). The column types are
+sniffed by DuckDB over the whole file: BIGINT, DOUBLE, BOOLEAN, DATE, TIMESTAMP/TIMESTAMPTZ (as
+TIMESTAMPTZ, a time without offset read as UTC); values with leading zeros or a ``+`` stay text; anything
+else is VARCHAR. A dotted header ``person.name.firstName`` becomes the nested field
 ``person`` → ``name`` → ``firstName``; a group whose cells are all empty in a row is null in that row.
 ``identityMap`` and ``segmentMembership`` are each one column holding a JSON object
 (``{"email": [{"id": "a@example.com", "primary": true}]}``); an empty cell is null, anything but a JSON
-object is a row error. A cell that is empty is null. Lists and maps other than those two cannot be
-expressed in CSV. Row numbers count data records (the first line after the header is row 1).
+object is a row error. Lists and maps other than those two cannot be expressed in CSV. Row numbers count
+data records (the first line after the header is row 1).
 
 Known XDM fields
 ----------------
@@ -47,8 +51,9 @@ A source whose shape cannot become these types fails the batch with ``SCHEMA_CON
 
 Record checks
 -------------
-Run in one SQL query over all files; each failing record is reported with its file name and 1-based
-record number, and any failure fails the batch (``ROW_VALIDATION``, the first 100 problems in ``rows``):
+Run set-wise in SQL over all files; each failing record is reported with its file name and 1-based record
+number (the Nth object of an array or the Nth non-blank line of a newline-delimited file), and any failure
+fails the batch (``ROW_VALIDATION``, the first 100 problems in ``rows``):
 
 - every class: a timestamp field above that is present but not a parseable date-time;
 - ``experienceevent``: ``_id`` missing or empty; ``timestamp`` missing; no identity;
@@ -81,6 +86,10 @@ top-level columns are written, in the order of the merged structure. Files are
 ``part-NNNNN.parquet`` files found there before the run (an earlier attempt at the same batch) are removed
 first.
 
+Resources: Parquet is streamed straight from the uploaded files. JSON and CSV records are first copied
+into a DuckDB temporary table (so that they are parsed once and numbered once), which DuckDB spills to a
+private temporary directory when memory runs short; that directory is removed at the end.
+
 Limits: JSON integers between 2^63 and 2^64 are written as null; a JSON record may be at most 64 MB.
 """
 
@@ -88,6 +97,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import csv
 import json
 import re
 import shutil
@@ -148,8 +158,6 @@ _TIMESTAMP_LEAVES = (
     ("extSourceSystemAudit", ("lastUpdatedDate",), "extSourceSystemAudit.lastUpdatedDate"),
     ("segmentMembership", ("lastQualificationTime",), "segmentMembership lastQualificationTime"),
 )
-# How many levels of map keys the fixed map fields have (JSON inference sees their keys as fields).
-_MAP_LEVELS = {"identityMap": 1, "segmentMembership": 2}
 _HINTS = {
     "identityMap": "identityMap must be an object of namespace → array of {id, primary, authenticatedState}",
     "segmentMembership": "segmentMembership must be an object of namespace → segment id → "
@@ -170,6 +178,10 @@ _CSV_JSON_COLUMNS: dict[str, TypeNode] = {
     "segmentMembership": {"map": {"map": {"struct": {"status": "VARCHAR", "lastQualificationTime": "VARCHAR"}}}},
 }
 _CSV_TYPES = "['BOOLEAN', 'BIGINT', 'DOUBLE', 'DATE', 'TIMESTAMP', 'TIMESTAMPTZ', 'VARCHAR']"
+_CSV_DIALECT = "delim = ',', quote = '\"', escape = '\"', header = true, skip = 0, comment = ''"
+
+_NO_ID = "ExperienceEvent record has no '_id'"
+_NO_TIMESTAMP = "ExperienceEvent record has no 'timestamp'"
 
 _BATCH_ROWS = 131_072
 _FILE_SHIFT = 1 << 40  # record keys are file index * _FILE_SHIFT + record number
@@ -272,6 +284,9 @@ def ingest_files(
                rows_per_file, threads)
     try:
         return run.run()
+    except duckdb.Error as exc:  # a DuckDB error no step expected: still the data's fault, not a crash
+        run.discard()
+        raise IngestFailure("INVALID_DATA", run.clean(str(exc))) from None
     except BaseException:
         run.discard()
         raise
@@ -347,6 +362,11 @@ def _coerce(expr: str, src: TypeNode, dst: TypeNode, depth: int = 0) -> str:
         )
         return f"CASE WHEN {expr} IS NULL THEN NULL ELSE struct_pack({fields}) END"
     raise AssertionError(f"cannot convert {describe(src)} to {describe(dst)}")
+
+
+def _blank(expr: str) -> str:
+    """SQL: `expr` (text) is null, empty or only white space."""
+    return f"coalesce(regexp_full_match({expr}, '[\\s\\p{{Z}}]*'), true)"
 
 
 def _leaf_values(expr: str, src: TypeNode, dst: TypeNode, steps: Sequence[str], depth: int = 0) -> str | None:
@@ -462,8 +482,16 @@ def _norm_doc_scalar(name: str) -> str:
     return "VARCHAR"
 
 
-def _merge_doc(a: Any, b: Any) -> Any:
-    """Merge two `json_group_structure` results the way DuckDB merges records (conflicts become "JSON")."""
+def _merge_doc(a: Any, b: Any, steps: tuple[_Step, ...] = (), suspects: set[tuple[_Step, ...]] | None = None) -> Any:
+    """Merge two `json_structure` results the way DuckDB merges records (conflicts become "JSON").
+
+    json_structure calls an empty object "JSON" too: with `suspects`, "JSON" merged with an object gives the
+    object, and its path is added to `suspects`, to be checked against the records. `_EMPTY` (a position
+    only ever ``{}``) merges like null."""
+    if a is _EMPTY:
+        a = "NULL"
+    if b is _EMPTY:
+        b = "NULL"
     if isinstance(a, str):
         a = _norm_doc_scalar(a)
     if isinstance(b, str):
@@ -479,11 +507,85 @@ def _merge_doc(a: Any, b: Any) -> Any:
     if isinstance(a, dict) and isinstance(b, dict):
         merged = dict(a)
         for key, value in b.items():
-            merged[key] = _merge_doc(merged[key], value) if key in merged else value
+            merged[key] = _merge_doc(merged[key], value, (*steps, ("key", key)), suspects) if key in merged else value
         return merged
     if isinstance(a, list) and isinstance(b, list) and a and b:
-        return [_merge_doc(a[0], b[0])]
+        return [_merge_doc(a[0], b[0], (*steps, ("items", "")), suspects)]
+    if suspects is not None and "JSON" in (a, b) and (isinstance(a, dict) or isinstance(b, dict)):
+        suspects.add(steps)
+        return a if isinstance(a, dict) else b
     return "JSON"
+
+
+def _dotted(steps: Sequence[_Step]) -> str:
+    """The dotted field path of a JSON path (the keys of identityMap and segmentMembership are data)."""
+    names: list[str] = []
+    skip = 0
+    for i, (kind, name) in enumerate(steps):
+        if kind != "key":
+            continue
+        if skip:
+            skip -= 1
+            continue
+        names.append(name)
+        if i == 0 and name == "identityMap":
+            skip = 1
+    return ".".join(names)
+
+
+class _KeyConflict(Exception):
+    pass
+
+
+def _merge_strict(a: Any, b: Any) -> Any:
+    merged = _merge_doc(a, b)
+    if _has_json(merged) and not (_has_json(a) or _has_json(b)):
+        raise _KeyConflict
+    return merged
+
+
+def _has_json(doc: Any) -> bool:
+    if doc == "JSON":
+        return True
+    if isinstance(doc, list):
+        return any(_has_json(d) for d in doc)
+    if isinstance(doc, dict):
+        return any(_has_json(d) for d in doc.values())
+    return False
+
+
+def _merge_map_values(doc: dict[str, Any], levels: int, top: str) -> Any:
+    """The merged structure of the values of a map-keyed field seen as an object (keys are data)."""
+    merged: Any = "NULL"
+    for value in doc.values():
+        if levels > 1:
+            if not isinstance(value, dict):
+                if value in ("NULL", "JSON"):
+                    continue
+                raise _conflict(f"field '{top}' holds {_describe_doc(value)} where an object is expected: "
+                                f"{_HINTS[top]}.")
+            value = _merge_map_values(value, levels - 1, top)
+        try:
+            merged = _merge_strict(merged, value)
+        except _KeyConflict:
+            where, detail = top, ""
+            before, after = _doc_to_node(merged), _doc_to_node(value)
+            if isinstance(before, (str, dict)) and isinstance(after, (str, dict)):
+                try:
+                    merge_nodes(_resolve(before), _resolve(after), top)
+                except StructureConflict as exc:
+                    where, detail = exc.path, f" ({exc.existing} and {exc.incoming})"
+            raise _conflict(f"field '{where}' has values of different types under different keys of {top}"
+                            f"{detail}: {_HINTS[top]}.") from None
+    return merged
+
+
+def _describe_doc(doc: Any) -> str:
+    if isinstance(doc, list):
+        return "an array"
+    if isinstance(doc, dict):
+        return "an object"
+    return {"VARCHAR": "a string", "BOOLEAN": "a boolean"}.get(_norm_doc_scalar(str(doc)), "a number")
 
 
 def _doc_to_node(doc: Any) -> Any:
@@ -538,7 +640,7 @@ class _Source:
     index: int
     name: str
     scan: str  # FROM clause item, aliased __t
-    numbered_scan: str  # the same with the record number as __t.__r (1-based)
+    numbered_scan: str  # the same with the 1-based record number as __t.__openprofile_row
     columns: dict[str, tuple[str, TypeNode]]  # column → (SQL over __t, its shape)
     records: int | None = None  # when known without reading the rows
 
@@ -592,7 +694,8 @@ class _Run:
 
     # ---- errors
 
-    def _clean(self, text: str) -> str:
+    def clean(self, text: str) -> str:
+        """A DuckDB message fit for a client: no SQL excerpt, the uploaded file names, not the paths."""
         text = text.split("\n\nLINE ")[0].split("\nLINE ")[0]
         text = re.sub(r"^[A-Za-z ]+ Error: ", "", text.strip())
         text = text.replace("\n If this error occurred during read_json, line/object number information is "
@@ -604,7 +707,7 @@ class _Run:
     def _json_error(self, text: str) -> str:
         """DuckDB's malformed-JSON message, naming the uploaded file; DuckDB 2.0 numbers lines and records
         one too high (the first record is "record/value 2"), which is corrected here."""
-        text = self._clean(text)
+        text = self.clean(text)
         found = re.match(r'Malformed JSON in file "(.*)", at byte (\d+) in (line|record/value) (\d+): (.*)$', text,
                          re.DOTALL)
         if found is None:
@@ -619,9 +722,9 @@ class _Run:
         try:
             yield
         except duckdb.Error as exc:
-            raise IngestFailure(code, prefix + self._clean(str(exc))) from None
+            raise IngestFailure(code, prefix + self.clean(str(exc))) from None
         except pa.ArrowException as exc:
-            raise IngestFailure(code, prefix + self._clean(str(exc))) from None
+            raise IngestFailure(code, prefix + self.clean(str(exc))) from None
 
     def _merge(self, batch: Structure) -> Structure:
         try:
@@ -631,97 +734,129 @@ class _Run:
 
     # ---- record checks
 
-    def _errors_sql(self, checks: _Checks) -> tuple[list[str], str] | None:
-        """(helper column definitions over a source row, the VARCHAR[] of its problems); None if none apply."""
+    def _errors_sql(self, checks: _Checks, full: bool = True) -> tuple[list[str], str] | None:
+        """(helper column definitions over a source row, an expression over them); None if no check applies.
+
+        With `full`, the expression is the VARCHAR[] of the row's problems. Without, it is a cheaper BOOLEAN
+        that is true for every row with a problem (and maybe a few more: ids starting with a blank or a
+        non-ASCII character), used to count suspects on all threads before the failing rows are numbered and
+        described (a suspect without a problem only costs that second pass)."""
         helpers: list[str] = []
         reasons: list[str] = []
+        flags: list[str] = []
+        for i, extra in enumerate(checks.extra):
+            helpers.append(f"{extra} AS __extra{i}")
+            reasons.append(f"__extra{i}")
+            flags.append(f"__extra{i} IS NOT NULL")
         ee = self.cls == "experienceevent"
         if ee:
             if checks.id_sql is None:
-                reasons.append("'ExperienceEvent record has no ''_id'''")
+                reasons.append(_lit(_NO_ID))
+                flags.append("true")
             else:
-                helpers.append(f"coalesce(trim(CAST({checks.id_sql} AS VARCHAR)), '') = '' AS __no_id")
-                reasons.append("CASE WHEN __no_id THEN 'ExperienceEvent record has no ''_id''' END")
+                text = f"CAST({checks.id_sql} AS VARCHAR)"
+                if full:
+                    helpers.append(f"{_blank(text)} AS __no_id")
+                else:
+                    helpers.append(f"coalesce(ascii({text}) NOT BETWEEN 33 AND 126, true) AS __no_id")
+                reasons.append(f"CASE WHEN __no_id THEN {_lit(_NO_ID)} END")
+                flags.append("__no_id")
             if checks.timestamp_sql is None:
-                reasons.append("'ExperienceEvent record has no ''timestamp'''")
+                reasons.append(_lit(_NO_TIMESTAMP))
+                flags.append("true")
             else:
                 helpers.append(f"{checks.timestamp_sql} IS NULL AS __no_ts")
-                reasons.append("CASE WHEN __no_ts THEN 'ExperienceEvent record has no ''timestamp''' END")
+                reasons.append(f"CASE WHEN __no_ts THEN {_lit(_NO_TIMESTAMP)} END")
+                flags.append("__no_ts")
         for i, (label, texts) in enumerate(checks.timestamp_texts):
             helpers.append(
-                f"list_filter({texts}, lambda __x: __x IS NOT NULL AND try_cast(__x AS TIMESTAMPTZ) IS NULL)[1]"
+                f"list_filter({texts}, lambda __z: __z IS NOT NULL AND try_cast(__z AS TIMESTAMPTZ) IS NULL)[1]"
                 f" AS __bad_ts{i}"
             )
             reasons.append(f"CASE WHEN __bad_ts{i} IS NOT NULL THEN {_lit(label + ' ')} || '''' || "
                            f"left(__bad_ts{i}, 80) || ''' is not an ISO 8601 date-time' END")
-        items_errors = "NULL::VARCHAR[]"
+            flags.append(f"__bad_ts{i} IS NOT NULL")
+        items_errors = None
         if self.cls is not None:
             who = "ExperienceEvent" if ee else "Profile"
             if checks.identity_sql is None:
                 reasons.append(_lit(f"{who} record has no identity (it has no identityMap)"))
+                flags.append("true")
             else:
                 im = checks.identity_sql
                 helpers.append(f"flatten(map_values({im})) AS __items")
-                helpers.append(
-                    f"flatten(list_transform(map_entries({im}), lambda __e: list_filter(list_transform(__e.value, "
-                    f"lambda __i, __n: CASE WHEN coalesce(trim(struct_extract(__i, 'id')), '') = '' THEN "
-                    f"'identityMap.' || __e.key || '[' || (__n - 1) || '] has no id' END), "
-                    f"lambda __m: __m IS NOT NULL))) AS __item_errors"
-                )
+                if full:
+                    helpers.append(
+                        f"flatten(list_transform(map_entries({im}), lambda __e: list_filter(list_transform("
+                        f"__e.value, lambda __i, __n: CASE WHEN {_blank(_field('__i', 'id'))} "
+                        f"THEN 'identityMap.' || __e.key || '[' || (__n - 1) || '] has no id' END), "
+                        f"lambda __m: __m IS NOT NULL))) AS __item_errors"
+                    )
+                    items_errors = "coalesce(__item_errors, [])"
                 reasons.append(
-                    "CASE WHEN coalesce(len(list_filter(__items, lambda __i: "
-                    "coalesce(trim(struct_extract(__i, 'id')), '') <> '')), 0) = 0 THEN "
-                    + _lit(f"{who} record has no identity (no identityMap item with an id)") + " END"
+                    f"CASE WHEN coalesce(len(list_filter(__items, lambda __i: NOT {_blank(_field('__i', 'id'))})), 0)"
+                    f" = 0 THEN {_lit(f'{who} record has no identity (no identityMap item with an id)')} END"
                 )
-                reasons.append(
-                    "CASE WHEN coalesce(len(list_filter(__items, lambda __i: "
-                    "coalesce(struct_extract(__i, 'primary'), false))), 0) > 1 THEN 'identityMap has ' || "
-                    "len(list_filter(__items, lambda __i: coalesce(struct_extract(__i, 'primary'), false))) || "
-                    "' identities marked primary; at most one may be' END"
-                )
-                items_errors = "coalesce(__item_errors, [])"
-        for i, extra in enumerate(checks.extra):
-            helpers.append(f"{extra} AS __extra{i}")
-            reasons.append(f"__extra{i}")
+                primaries = "len(list_filter(__items, lambda __i: coalesce(struct_extract(__i, 'primary'), false)))"
+                reasons.append(f"CASE WHEN coalesce({primaries}, 0) > 1 THEN 'identityMap has ' || {primaries} || "
+                               "' identities marked primary; at most one may be' END")
+                # No item at all, or an item whose id is null or does not start with a printable ASCII character
+                # (as an empty or blank one does), covers both "has no id" and "no identity".
+                flags.append("coalesce(len(__items), 0) = 0 OR NOT coalesce(list_bool_and(list_transform(__items, "
+                             "lambda __i: coalesce(ascii(struct_extract(__i, 'id')) BETWEEN 33 AND 126, false))), "
+                             "false)")
+                flags.append(f"coalesce({primaries}, 0) > 1")
         if not reasons:
             return None
-        errors = f"list_filter([{', '.join(reasons)}]::VARCHAR[], lambda __r: __r IS NOT NULL)"
-        if items_errors != "NULL::VARCHAR[]":
+        if not full:
+            return helpers, " OR ".join(f"({flag})" for flag in flags)
+        errors = f"list_filter([{', '.join(reasons)}]::VARCHAR[], lambda __y: __y IS NOT NULL)"
+        if items_errors is not None:
             errors = f"{items_errors} || {errors}"
         return helpers, errors
 
-    def _raise_row_errors(self, groups: list[tuple[int, int, int, list[dict[str, Any]] | None]]) -> None:
-        """groups: (file index, records with errors, error count, sample of {r, e}) → ROW_VALIDATION."""
+    def _row_errors(self, rows_sql: str, code: str) -> None:
+        """Raise ROW_VALIDATION for the rows of `rows_sql` (columns __f, __r, __errs) that have problems."""
+        sql = f"""
+            SELECT __f, count(*), sum(len(__errs)), arg_min(struct_pack(r := __r, e := __errs), __r, {MAX_ROW_ERRORS})
+            FROM ({rows_sql}) WHERE len(__errs) > 0 GROUP BY __f
+        """
+        with self._translate(code):
+            groups = self.con.execute(sql).fetchall()
         bad = sum(g[1] for g in groups)
         if not bad:
             return
         total = sum(g[2] for g in groups)
-        sample = sorted((f, int(s["r"]), list(s["e"])) for f, _, _, ss in groups for s in (ss or []))
-        rows: list[RowError] = []
+        sample = sorted((f, int(s["r"]), list(s["e"])) for f, _, _, ss in groups for s in ss)
+        found: list[RowError] = []
         for f, r, reasons in sample:
             for reason in reasons:
-                if len(rows) < MAX_ROW_ERRORS:
-                    rows.append(RowError(self.inputs[f][0], r, reason))
-        first = rows[0]
+                if len(found) < MAX_ROW_ERRORS:
+                    found.append(RowError(self.inputs[f][0], r, reason))
+        first = found[0]
         raise IngestFailure(
             "ROW_VALIDATION",
             f"{bad} record{'s' if bad != 1 else ''} failed validation ({total} problem{'s' if total != 1 else ''})"
             f"; nothing was ingested. First: '{first.file}' record {first.row}: {first.reason}",
-            rows,
+            found,
         )
 
     # ---- JSON
 
-    def _json_scan(self, numbered: bool) -> str:
+    def _load_json(self) -> None:
+        """Copy every file's records, numbered, into the temporary table __raw(__f, __r, __j).
+
+        Reading a JSON array, or numbering records, runs on one thread; the work on the records that follows
+        then runs on all of them. DuckDB spills the table to its temporary directory when memory runs short."""
         parts = []
         for i, (_, path) in enumerate(self.inputs):
-            call = (f"read_json_objects({_lit(str(path))}, format = 'auto', "
+            call = (f"read_json_objects({_lit(str(path))}, format = '{_json_layout(path)}', "
                     f"maximum_object_size = {_MAX_JSON_OBJECT})")
-            if numbered:
-                parts.append(f"SELECT {i} AS __f, __r, __j FROM {call} WITH ORDINALITY AS __t(__j, __r)")
-            else:
-                parts.append(f"SELECT __j FROM {call} AS __t(__j)")
-        return " UNION ALL ".join(parts)
+            parts.append(f"SELECT {i} AS __f, __r, __j FROM {call} WITH ORDINALITY AS __t(__j, __r)")
+        try:
+            self.con.execute(f"CREATE TEMPORARY TABLE __raw AS {' UNION ALL '.join(parts)}")
+        except duckdb.Error as exc:
+            raise IngestFailure("MALFORMED_JSON", self._json_error(str(exc))) from None
 
     def _json(self) -> tuple[int, Structure, str]:
         check_type = json.dumps({k: to_duckdb_type(v) for k, v in _JSON_CHECK.items()})
@@ -735,40 +870,45 @@ class _Run:
             ),
             identity_sql=_field(c, "identityMap"),
         )
-        built = self._errors_sql(checks)
-        assert built is not None  # the timestamp checks always apply
-        helpers, errors = built
+        built, flagged = self._errors_sql(checks), self._errors_sql(checks, full=False)
+        assert built is not None and flagged is not None  # the timestamp checks always apply
+        self._load_json()
 
-        # Per record, the structure of its fields (without the map-keyed XDM fields, whose keys are data)
-        # and, for those, the JSON types at each key level and the structure of their values. Records are
-        # grouped by all of these, so Python merges only the distinct structures.
-        patch = json.dumps(dict.fromkeys(_MAP_LEVELS))
-        probes = [f"json_structure(json_merge_patch(__j, {_lit(patch)}))"]
-        for top, levels in _MAP_LEVELS.items():
-            base = _json_path([("key", top)])
-            probes.append(f"[json_type(json_extract(__j, {_lit(base)}))]")
-            probes.extend(
-                f"list_sort(list_distinct(list_transform(json_extract(__j, {_lit(base + '.*' * level)}), "
-                f"lambda __v: json_type(__v))))" for level in range(1, levels)
-            )
-            probes.append(f"json_structure(to_json(json_extract(__j, {_lit(base + '.*' * levels)})))")
-        probe_columns = ", ".join(f"CASE WHEN __obj THEN {p} END AS __p{i}" for i, p in enumerate(probes))
+        # Per record, the structure of its fields; records are grouped by it, so Python merges only the
+        # distinct structures. segmentMembership's keys are segment ids (data), so it is taken out of the
+        # record's structure and described by the JSON types at each key level and its values' structure.
+        sm = _json_path([("key", "segmentMembership")])
+        probes = [
+            "json_structure(CASE WHEN __has_sm THEN json_merge_patch(__j, '{\"segmentMembership\": null}') "
+            "ELSE __j END)",
+            f"CASE WHEN __has_sm THEN [json_type(json_extract(__j, {_lit(sm)}))] END",
+            f"CASE WHEN __has_sm THEN list_sort(list_distinct(list_transform(json_extract(__j, {_lit(sm + '.*')}), "
+            "lambda __v: json_type(__v)))) END",
+            f"CASE WHEN __has_sm THEN json_structure(to_json(json_extract(__j, {_lit(sm + '.*.*')}))) END",
+        ]
+        probe_columns = "".join(f", CASE WHEN __obj THEN {p} END AS __p{i}" for i, p in enumerate(probes))
         probe_names = ", ".join(f"__p{i}" for i in range(len(probes)))
+
+        def rows(numbered: bool) -> str:
+            """Numbered: __f, __r, __errs (the problems); else __f, __bad (maybe a problem) and the probes."""
+            helpers, expr = built if numbered else flagged
+            if numbered:
+                out = f"__r, CASE WHEN __obj THEN {expr} ELSE ['record is not a JSON object'] END AS __errs"
+            else:
+                out = f"CASE WHEN __obj THEN {expr} ELSE true END AS __bad {probe_columns}"
+            return f"""
+                WITH __x AS (
+                    SELECT __f, {"__r, " if numbered else ""}__j, json_type(__j) = 'OBJECT' AS __obj,
+                           json_exists(__j, {_lit(sm)}) AS __has_sm,
+                           json_transform(__j, {_lit(check_type)}) AS __c
+                    FROM __raw
+                ), __h AS (SELECT *{''.join(', ' + h for h in helpers)} FROM __x)
+                SELECT __f, {out} FROM __h
+            """
+
         sql = f"""
-            WITH __x AS (
-                SELECT __f, __r, __j, json_type(__j) = 'OBJECT' AS __obj,
-                       json_transform(__j, {_lit(check_type)}) AS __c
-                FROM ({self._json_scan(True)})
-            ), __h AS (SELECT *{''.join(', ' + h for h in helpers)} FROM __x),
-            __e AS (
-                SELECT __f, __r, CASE WHEN __obj THEN {errors} ELSE ['record is not a JSON object'] END AS __errs,
-                       {probe_columns}
-                FROM __h
-            )
-            SELECT __f, count(*), count(*) FILTER (WHERE len(__errs) > 0), coalesce(sum(len(__errs)), 0),
-                   arg_min(struct_pack(r := __r, e := __errs), __r, {MAX_ROW_ERRORS}) FILTER (WHERE len(__errs) > 0),
-                   {probe_names}
-            FROM __e GROUP BY __f, {probe_names}
+            SELECT __f, count(*), count(*) FILTER (WHERE __bad), {probe_names}
+            FROM ({rows(False)}) GROUP BY __f, {probe_names}
         """
         try:
             groups = self.con.execute(sql).fetchall()
@@ -777,101 +917,98 @@ class _Run:
 
         counts = [0] * len(self.inputs)
         objects = 0
-        doc: Any = {}
-        map_types: dict[str, list[set[str]]] = {top: [set() for _ in range(levels)] for top, levels in
-                                                _MAP_LEVELS.items()}
-        map_docs: dict[str, Any] = dict.fromkeys(_MAP_LEVELS, "NULL")
-        for row in groups:
-            counts[row[0]] += row[1]
-            values = iter(row[5:])
-            record_doc = next(values)
+        doc: dict[str, Any] = {}
+        sm_types: list[set[str]] = [set(), set()]
+        sm_steps: tuple[_Step, ...] = (("key", "segmentMembership"), ("values", ""), ("values", ""))
+        sm_values: Any = "NULL"
+        suspects: set[tuple[_Step, ...]] = set()
+        bad = 0
+        for f, n, failed, record_doc, sm0, sm1, sm2 in groups:
+            bad += failed
+            counts[f] += n
             if record_doc is None:  # not an object
                 continue
-            objects += row[1]
-            record_doc = json.loads(record_doc)
-            if isinstance(record_doc, dict):  # else {} (json_structure says "JSON")
-                doc = _merge_doc(doc, record_doc)
-            for top, levels in _MAP_LEVELS.items():
-                for level in range(levels):
-                    map_types[top][level].update(t for t in next(values) if t is not None)
-                map_docs[top] = _merge_doc(map_docs[top], json.loads(next(values)))
+            objects += n
+            parsed = json.loads(record_doc)
+            if isinstance(parsed, dict):  # else {}, which json_structure calls "JSON"
+                doc = _merge_doc(doc, parsed, (), suspects)
+            if sm0 is not None:
+                sm_types[0].update(t for t in sm0 if t is not None)
+                sm_types[1].update(t for t in sm1 or () if t is not None)
+                listed = json.loads(sm2)  # the structure of the list of all segment entries
+                if isinstance(listed, list) and listed:
+                    sm_values = _merge_doc(sm_values, listed[0], sm_steps, suspects)
         for (name, _), n in zip(self.inputs, counts, strict=True):
             if n == 0:
                 raise IngestFailure("EMPTY_FILE", f"File '{name}' holds no records.")
         records = sum(counts)
-        row_errors = [(g[0], g[2], g[3], g[4]) for g in groups]
         if not objects:
-            self._raise_row_errors(row_errors)
+            self._row_errors(rows(True), "MALFORMED_JSON")
 
-        # Conflicts: a field of two types in different records (or a map-keyed field that is not an object).
-        roots: list[tuple[str, list[_Step], Any]] = [("", [], doc)]
-        shape_conflicts: list[tuple[str, list[_Step]]] = []
-        for top, levels in _MAP_LEVELS.items():
-            steps: list[_Step] = [("key", top)]
-            for level in range(levels):
-                if map_types[top][level] - {"OBJECT", "NULL"}:
-                    shape_conflicts.append((top, list(steps)))
-                steps.append(("values", ""))
-            values_doc = map_docs[top]
-            roots.append((top, steps, values_doc[0] if isinstance(values_doc, list) and values_doc else "NULL"))
-        cleaned = self._json_conflicts(roots, shape_conflicts)
+        # Conflicts (a field of two types in different records, or a map-keyed field that is not an
+        # object), explained with the first record of each type; then the batch's structure.
+        checks_needed: list[tuple[str, list[_Step]]] = [("suspect", list(path)) for path in sorted(suspects)]
+        for level in range(2):
+            if sm_types[level] - {"OBJECT", "NULL"}:
+                checks_needed.append(("shape", list(sm_steps[:level + 1])))
+        doc, sm_values = self._json_conflicts([([], doc), (list(sm_steps), sm_values)], checks_needed)
         inferred: dict[str, TypeNode | None] = {}
-        top_doc = cleaned[0]
-        for key, value in top_doc.items():
-            node = _doc_to_node(value)
+        for key, value in doc.items():
+            if key == "identityMap" and isinstance(value, dict):
+                node = {"map": _doc_to_node(_merge_map_values(value, 1, "identityMap"))}
+            else:
+                node = _doc_to_node(value)
             if node is not _DROP:
                 inferred[key] = node
-        for (top, levels), values_doc in zip(_MAP_LEVELS.items(), cleaned[1:], strict=True):
-            if not map_types[top][0]:
-                continue  # the field never appears
-            node = _doc_to_node(values_doc)
-            shaped: TypeNode | None = None if node is _DROP else node
-            for _ in range(levels):
-                shaped = {"map": shaped}
-            inferred[top] = shaped
+        if sm_types[0]:
+            values_node = _doc_to_node(sm_values)
+            inferred["segmentMembership"] = {"map": {"map": None if values_node is _DROP else values_node}}
         if not inferred:
             raise IngestFailure("EMPTY_FILE", "The batch's records have no fields.")
         batch = _conform_structure(inferred)
         merged = self._merge(batch)
-        self._raise_row_errors(row_errors)
+        if bad:
+            self._row_errors(rows(True), "MALFORMED_JSON")
         columns = [k for k in merged if k in batch]
         final_type = json.dumps({k: to_duckdb_type(merged[k]) for k in columns})
         select = ", ".join(f"{_field('__s', k)} AS {_q(k)}" for k in columns)
         data_sql = (f"SELECT {select} FROM (SELECT json_transform(__j, {_lit(final_type)}) AS __s "
-                    f"FROM ({self._json_scan(False)}))")
+                    "FROM __raw)")
         return records, merged, data_sql
 
-    def _json_conflicts(self, roots: list[tuple[str, list[_Step], Any]],
-                        shape_conflicts: list[tuple[str, list[_Step]]]) -> list[Any]:
-        """Explain the fields whose values have different JSON types in different records (json_structure
-        says "JSON") by finding the first record of each type; fields only ever ``{}`` become `_EMPTY`."""
-        found: list[tuple[str, list[_Step]]] = list(shape_conflicts)
+    def _json_conflicts(self, roots: list[tuple[list[_Step], Any]],
+                        checks: list[tuple[str, list[_Step]]]) -> list[Any]:
+        """Explain, with the first record of each JSON type, the fields whose values differ in type between
+        records: where json_structure says "JSON", where "JSON" was taken for ``{}`` (``suspect``), and the
+        key levels of segmentMembership that are not objects (``shape``). Fields only ever ``{}`` become
+        `_EMPTY`. Raises SCHEMA_CONFLICT; returns the roots' documents otherwise."""
+        found = list(checks)
 
-        def walk(node: Any, dotted: str, steps: list[_Step]) -> None:
+        def walk(node: Any, steps: list[_Step]) -> None:
             if node == "JSON":
-                found.append((dotted, steps))
+                found.append(("json", steps))
             elif isinstance(node, list) and node:
-                walk(node[0], dotted, [*steps, ("items", "")])
+                walk(node[0], [*steps, ("items", "")])
             elif isinstance(node, dict):
                 for key, child in node.items():
-                    walk(child, f"{dotted}.{key}" if dotted else key, [*steps, ("key", key)])
+                    walk(child, [*steps, ("key", key)])
 
-        for dotted, steps, node in roots:
-            walk(node, dotted, steps)
+        for steps, node in roots:
+            walk(node, steps)
         if not found:
-            return [node for _, _, node in roots]
+            return [node for _, node in roots]
         messages: list[str] = []
         benign: set[str] = set()
-        for dotted, steps in found[:20]:
+        for kind, steps in found[:20]:
+            dotted = _dotted(steps)
             value = f"json_extract(__j, {_lit(_json_path(steps))})"
-            if any(kind != "key" for kind, _ in steps):
+            if any(step != "key" for step, _ in steps):
                 value = f"unnest({value})"
             sql = f"""
                 SELECT __type, min(__f * {_FILE_SHIFT} + __r), bool_or(__nonempty) FROM (
                     SELECT __f, __r, json_type(__v) AS __type,
                            CASE WHEN json_type(__v) = 'OBJECT' THEN json_keys(__v) <> [] ELSE true END AS __nonempty
-                    FROM (SELECT __f, __r, {value} AS __v FROM ({self._json_scan(True)})
-                          WHERE json_type(__j) = 'OBJECT')
+                    FROM (SELECT __f, __r, {value} AS __v FROM __raw WHERE json_type(__j) = 'OBJECT')
                     WHERE __v IS NOT NULL)
                 WHERE __type <> 'NULL' GROUP BY __type
             """
@@ -879,19 +1016,22 @@ class _Run:
                 kinds = self.con.execute(sql).fetchall()
             words: dict[str, int] = {}
             nonempty = False
-            for kind, first, has in kinds:
-                word = _TYPE_WORDS.get(kind, "a number")
+            for json_type, first, has in kinds:
+                word = _TYPE_WORDS.get(json_type, "a number")
                 words[word] = min(words.get(word, first), first)
-                nonempty = nonempty or kind != "OBJECT" or bool(has)
-            if not nonempty and (dotted, steps) not in shape_conflicts:
+                nonempty = nonempty or json_type != "OBJECT" or bool(has)
+            if kind == "suspect" and set(words) <= {"an object"}:
+                continue
+            if kind == "json" and not nonempty:
                 benign.add(json.dumps(steps))
                 continue
             parts = [
                 f"{word} (first in '{self.inputs[first // _FILE_SHIFT][0]}' record {first % _FILE_SHIFT})"
                 for word, first in sorted(words.items(), key=lambda item: item[1])
             ]
-            if (dotted, steps) in shape_conflicts and len(parts) < 2:
-                messages.append(f"field '{dotted}' is {' and '.join(parts) or 'not an object'}: {_HINTS[dotted]}")
+            if kind == "shape":
+                messages.append(f"field '{dotted}' holds {' and '.join(parts) or 'something else'} where an "
+                                f"object is expected: {_HINTS[dotted]}")
             elif len(parts) > 1:
                 messages.append(f"field '{dotted}' is " + " in some records and ".join(parts) + " in others")
             else:
@@ -911,7 +1051,7 @@ class _Run:
                 return {k: clear(v, [*steps, ("key", k)]) for k, v in node.items()}
             return node
 
-        return [clear(node, steps) for _, steps, node in roots]
+        return [clear(node, steps) for steps, node in roots]
 
     # ---- Parquet and CSV
 
@@ -923,7 +1063,7 @@ class _Run:
                 schema = meta.schema.to_arrow_schema()
             except (pa.ArrowException, OSError) as exc:
                 raise IngestFailure("MALFORMED_PARQUET", f"File '{name}' is not a readable Parquet file: "
-                                    f"{self._clean(str(exc))}") from None
+                                    f"{self.clean(str(exc))}") from None
             if meta.num_rows == 0:
                 raise IngestFailure("EMPTY_FILE", f"File '{name}' holds no records.")
             try:
@@ -933,8 +1073,8 @@ class _Run:
             scan = f"read_parquet({_lit(str(path))})"
             sources.append(_Source(
                 index=i, name=name, scan=f"{scan} AS __t",
-                numbered_scan=f"(SELECT *, file_row_number + 1 AS __r FROM "
-                              f"read_parquet({_lit(str(path))}, file_row_number = true)) AS __t",
+                numbered_scan=f"(SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS __openprofile_row "
+                              f"FROM read_parquet({_lit(str(path))}, file_row_number = true)) AS __t",
                 columns={k: (f"__t.{_q(k)}", v) for k, v in shapes.items()}, records=meta.num_rows,
             ))
         return sources
@@ -942,12 +1082,15 @@ class _Run:
     def _csv_sources(self) -> list[_Source]:
         sources = []
         for i, (name, path) in enumerate(self.inputs):
-            with self._translate("MALFORMED_CSV", f"File '{name}' is not valid CSV: "):
+            try:
                 sniffed = self.con.execute(
-                    f"SELECT Columns, Prompt, HasHeader FROM sniff_csv({_lit(str(path))}, sample_size = -1, "
-                    f"header = true, auto_type_candidates = {_CSV_TYPES})"
+                    f"SELECT Columns, Prompt FROM sniff_csv({_lit(str(path))}, {_CSV_DIALECT}, sample_size = -1, "
+                    f"auto_type_candidates = {_CSV_TYPES})"
                 ).fetchall()
-            columns_info, prompt, _ = sniffed[0]
+            except duckdb.Error as exc:
+                raise IngestFailure("MALFORMED_CSV", f"File '{name}' is not valid CSV: "
+                                    + (self._csv_diagnosis(path) or self._csv_message(str(exc)))) from None
+            columns_info, prompt = sniffed[0]
             call = prompt.strip()
             if not call.startswith("FROM read_csv(") or not call.endswith(");"):
                 raise IngestFailure("MALFORMED_CSV", f"File '{name}': DuckDB could not work out its CSV dialect.")
@@ -957,12 +1100,45 @@ class _Run:
             columns = self._csv_columns(name, names, types)
             aliases = ", ".join(_q(f"__c{j}") for j in range(len(names)))
             renamed = ", ".join(f"{_q(f'__c{j}')} AS {_q(n)}" for j, n in enumerate(names))
+            try:
+                self.con.execute(f"CREATE TEMPORARY TABLE __csv{i} AS SELECT {renamed}, __openprofile_row FROM "
+                                 f"{call} WITH ORDINALITY AS __u({aliases}, __openprofile_row)")
+            except duckdb.Error as exc:
+                raise IngestFailure("MALFORMED_CSV",
+                                    f"File '{name}' is not valid CSV: {self._csv_message(str(exc))}") from None
             sources.append(_Source(
-                index=i, name=name, scan=f"{call} AS __t",
-                numbered_scan=f"(SELECT {renamed}, __r FROM {call} WITH ORDINALITY AS __u({aliases}, __r)) AS __t",
+                index=i, name=name, scan=f"__csv{i} AS __t",
+                numbered_scan=f"__csv{i} AS __t",
                 columns=columns,
             ))
         return sources
+
+    def _csv_message(self, text: str) -> str:
+        """DuckDB's CSV error without its advice on reader options (which a client cannot set)."""
+        kept = []
+        for line in self.clean(text).splitlines():
+            if line.startswith(("Possible fixes", "Possible Solution", "* ", "  file = ")):
+                break
+            if line.strip():
+                kept.append(line.strip())
+        return "; ".join(kept)
+
+    def _csv_diagnosis(self, path: Path) -> str | None:
+        """Where a CSV file that DuckDB cannot sniff goes wrong: read as text with the header's column count."""
+        try:
+            with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+                header = next(csv.reader(handle), None)  # the first record only
+        except (OSError, csv.Error):
+            return None
+        if not header:
+            return "the file has no header row"
+        columns = ", ".join(f"'c{j}': 'VARCHAR'" for j in range(len(header)))
+        try:
+            self.con.execute(f"SELECT count(*) FROM read_csv({_lit(str(path))}, {_CSV_DIALECT}, auto_detect = false, "
+                             f"strict_mode = true, columns = {{{columns}}})").fetchall()
+        except duckdb.Error as exc:
+            return self._csv_message(str(exc))
+        return None
 
     def _csv_columns(self, file: str, names: list[str], types: list[str]) -> dict[str, tuple[str, TypeNode]]:
         """Nest dotted headers into structs; parse the JSON columns of the known XDM maps."""
@@ -1032,32 +1208,36 @@ class _Run:
         merged = self._merge(batch)
         columns = [k for k in merged if k in batch]
 
-        # Record checks (and, for CSV, the record counts).
-        parts: list[str] = []
-        for source, final in zip(sources, finals, strict=True):
-            checks = self._typed_checks(source, final)
-            built = self._errors_sql(checks)
-            if built is None and self.fmt == "parquet":
-                continue
-            helpers, errors = built if built is not None else ([], "[]::VARCHAR[]")
-            inner = f"SELECT __t.__r AS __r{''.join(', ' + h for h in helpers)} FROM {source.numbered_scan}"
-            parts.append(f"SELECT {source.index} AS __f, __r, {errors} AS __errs FROM ({inner})")
+        # Record checks (and, for CSV, the record counts): counted first on all threads; the failing
+        # records are numbered only if there are any.
+        def rows(numbered: bool) -> str:
+            parts: list[str] = []
+            for source, final in zip(sources, finals, strict=True):
+                built = self._errors_sql(self._typed_checks(source, final), full=numbered)
+                if built is None and self.fmt == "parquet":
+                    continue
+                helpers, expr = built if built is not None else ([], "[]::VARCHAR[]" if numbered else "false")
+                scan = source.numbered_scan if numbered else source.scan
+                r = "__t.__openprofile_row AS __r, " if numbered else ""
+                inner = f"SELECT {r}true AS __any{''.join(', ' + h for h in helpers)} FROM {scan}"
+                out = f"__r, {expr} AS __errs" if numbered else f"{expr} AS __bad"
+                parts.append(f"SELECT {source.index} AS __f, {out} FROM ({inner})")
+            return " UNION ALL ".join(parts)
+
         counts: dict[int, int] = {}
-        if parts:
-            sql = f"""
-                SELECT __f, count(*), count(*) FILTER (WHERE len(__errs) > 0), coalesce(sum(len(__errs)), 0),
-                       arg_min(struct_pack(r := __r, e := __errs), __r, {MAX_ROW_ERRORS}) FILTER (WHERE len(__errs) > 0)
-                FROM ({' UNION ALL '.join(parts)}) GROUP BY __f
-            """
-            code = "MALFORMED_CSV" if self.fmt == "csv" else "INVALID_DATA"
+        code = "MALFORMED_CSV" if self.fmt == "csv" else "INVALID_DATA"
+        if rows(False):
             with self._translate(code):
-                groups = self.con.execute(sql).fetchall()
+                groups = self.con.execute(
+                    f"SELECT __f, count(*), count(*) FILTER (WHERE __bad) FROM ({rows(False)}) GROUP BY __f"
+                ).fetchall()
             counts = {int(g[0]): int(g[1]) for g in groups}
             if self.fmt == "csv":
                 for source in sources:
                     if counts.get(source.index, 0) == 0:
                         raise IngestFailure("EMPTY_FILE", f"File '{source.name}' holds no records.")
-            self._raise_row_errors([(g[0], g[2], g[3], g[4]) for g in groups])
+            if any(g[2] for g in groups):
+                self._row_errors(rows(True), code)
         records = sum(s.records or 0 for s in sources) if self.fmt == "parquet" else sum(counts.values())
 
         selects = []
@@ -1131,6 +1311,17 @@ class _Run:
             with contextlib.suppress(Exception):
                 reader.close()
         return files
+
+
+def _json_layout(path: Path) -> str:
+    """``array`` if the file's first non-blank character is ``[`` (DuckDB reads it faster told so), else ``auto``
+    (newline-delimited or concatenated objects)."""
+    with path.open("rb") as handle:
+        while chunk := handle.read(4096):
+            text = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")
+            if text:
+                return "array" if text.startswith(b"[") else "auto"
+    return "auto"
 
 
 def _csv_leaf_refs(node: dict[str, Any]) -> list[str]:

@@ -159,6 +159,7 @@ class MergeRule:
     order: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "order", tuple(self.order))  # a list is accepted too
         if self.attribute_merge not in ATTRIBUTE_MERGE_TYPES:
             raise ValueError(f"unknown attributeMerge type {self.attribute_merge!r}")
 

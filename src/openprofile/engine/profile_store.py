@@ -1,19 +1,25 @@
-"""The profile store's data: fragments, events and the identity graph, as Parquet generations.
+"""The profile store's indexes over the lake: fragments, events and the identity graph, as Parquet generations.
 
-The store is derived from lake batches and can be rebuilt from them. Its state is a *generation*:
-a manifest (`gen-{n}.json`) naming immutable Parquet files under `files/`:
+The store copies no data: the lake's batch files are the records and events. What it keeps is derived
+(and rebuilt from the lake by `openprofile rebuild`): a *generation* is a manifest (`gen-{n}.json`)
+naming immutable index files under `files/`:
 
-- `identities`: one row per identity `(xid, ns, id, cluster, cluster_size)`, sorted by `xid`
-  (point lookups prune row groups); `members`: the same rows sorted by `cluster`.
-- per profile-record dataset, its *fragments*: the newest record of each primary identity (a newer
-  record for the same key replaces the older one), with `_xid` (the primary identity's XID),
-  `_identity_ns`, `_identity_id` (its namespace and id), `_ingest_ms`, `_batch`; sorted by `_xid`.
-- per event dataset, its events (deduplicated on `_id` within the dataset), one file per applied
-  batch, with the same system columns, sorted by `_xid`.
+- `identities`: one row per identity `(xid, ns, id, cluster, cluster_size)`, sorted by `xid` (point
+  lookups prune row groups); `members`: the same rows sorted by `cluster`;
+- per profile-record dataset, its *fragment index*: for each primary identity, where its newest record
+  is — `(_xid, _identity_ns, _identity_id, _ingest_ms, _batch, _file, _rn)`, `_file` the lake-relative
+  file and `_rn` the row in it — sorted by `_xid`. A newer record for the same key replaces the older;
+- per event dataset, one *event index* per applied batch, `(_xid, _identity_ns, _identity_id, _ingest_ms,
+  _batch, _file, _rn, _event_key)`, sorted by `_xid`; an event whose `_id` the dataset already has is
+  left out (events are deduplicated on `_id`; `_event_key` is the md5 of `_id`).
 
-Applying batches writes only new files and a new manifest, then moves the `CURRENT` pointer by an
-atomic rename, so readers always see one whole generation. Clusters are the connected components of
-the graph whose links are any two identities in one record or event; they are updated
+XIDs are the md5 of `lower(namespace):id`, kept as UUIDs (16 bytes: fast to join and sort, and written to
+Parquet losslessly); the API shows them as 32 hex digits.
+
+`fragment_relation` and `event_relation` join an index with its lake files into rows with those system
+columns. Applying batches writes only new index files and a new manifest, then moves the `CURRENT`
+pointer by an atomic rename, so readers always see one whole generation. Clusters are the connected
+components of the graph whose links are any two identities in one record or event; they are updated
 incrementally (only the components a batch touches change), set-wise in SQL. A cluster's id is the
 smallest XID among its members, so it does not depend on the order batches arrived in.
 
@@ -31,23 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow.parquet as pq
 
-from openprofile.engine.structure import Structure, from_arrow_schema, merge_structures
+from openprofile.engine.structure import Structure, merge_structures
 
 ROW_GROUP = 16_384
 SYSTEM_COLUMNS = ("_xid", "_identity_ns", "_identity_id", "_ingest_ms", "_batch")
-
-# identityMap → a deduplicated list of {ns, id, primary, xid}, ordered by (ns, id).
-_ITEMS = """list_sort(list_distinct(list_filter(flatten(list_transform(map_entries("identityMap"),
-    lambda e: list_transform(e.value, lambda i: {'ns': lower(e.key), 'id': i.id,
-                                                 'primary': coalesce(i."primary", false)}))),
-    lambda x: x.id IS NOT NULL AND x.id <> '')))"""
-
-
-def _primary_sql(items: str) -> str:
-    return f"coalesce(list_filter({items}, lambda x: x.primary)[1], {items}[1])"
-
+INDEX_COLUMNS = (*SYSTEM_COLUMNS, "_file", "_rn")
 
 @dataclass(frozen=True)
 class BatchInput:
@@ -56,8 +51,9 @@ class BatchInput:
     batch_id: str
     dataset_id: str
     kind: str  # "profile" | "experienceevent"
-    files: list[Path]
+    files: list[str]  # lake-relative paths of its Parquet files
     ingest_ms: int
+    structure: Structure | None = None  # the dataset's structure (the catalog's), if known
 
 
 @dataclass(frozen=True)
@@ -70,9 +66,12 @@ class Tombstone:
 
 @dataclass
 class DatasetFiles:
+    """A dataset in the store: its kind, record structure, index files and the lake files they point into."""
+
     kind: str
     structure: Structure
     files: list[str] = field(default_factory=list)
+    lake_files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -88,7 +87,7 @@ class Manifest:
         return {
             "generation": self.generation, "created_ms": self.created_ms, "identities": self.identities,
             "members": self.members, "applied": self.applied,
-            "datasets": {k: {"kind": v.kind, "structure": v.structure, "files": v.files}
+            "datasets": {k: {"kind": v.kind, "structure": v.structure, "files": v.files, "lake_files": v.lake_files}
                          for k, v in self.datasets.items()},
         }
 
@@ -97,7 +96,7 @@ class Manifest:
         return cls(
             generation=int(data["generation"]), created_ms=int(data["created_ms"]), identities=data["identities"],
             members=data["members"], applied=list(data["applied"]),
-            datasets={k: DatasetFiles(v["kind"], v["structure"], list(v["files"]))
+            datasets={k: DatasetFiles(v["kind"], v["structure"], list(v["files"]), list(v.get("lake_files", [])))
                       for k, v in data["datasets"].items()},
         )
 
@@ -180,33 +179,50 @@ def _copy(conn: duckdb.DuckDBPyConnection, select: str, target: Path) -> None:
     )
 
 
-def _structure_of(path: Path) -> Structure:
-    return from_arrow_schema(pq.read_schema(path))
+def _lake_sql(lake_root: Path, files: list[str], *, union: bool = True) -> str:
+    """Lake files as one relation with `_file` (the lake-relative path) and `file_row_number`."""
+    paths = ", ".join("'" + _escape(str(lake_root / f)) + "'" for f in files)
+    options = ", union_by_name = true" if union else ""
+    return (f"(SELECT * EXCLUDE (filename), replace(filename, '{_escape(str(lake_root))}/', '') AS _file "
+            f"FROM read_parquet([{paths}], filename = true, file_row_number = true{options}))")
 
 
-def _without_system(structure: Structure) -> Structure:
-    return {k: v for k, v in structure.items() if k not in SYSTEM_COLUMNS}
+def _escape(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def indexed_rows(lake_root: Path, store: StoreFiles, entry: DatasetFiles, *, where: str | None = None) -> str:
+    """A dataset's rows in the store — a record dataset's current fragments, an event dataset's events —:
+    the lake rows its index points at, with the system columns. `where` (on the index's columns, e.g.
+    `_xid IN (...)`) narrows the index before the lake is read."""
+    index = f"SELECT * FROM {_files_sql([store.path(f) for f in entry.files])}" + (f" WHERE {where}" if where else "")
+    return (f"(SELECT l.* EXCLUDE (_file, file_row_number), i._xid, i._identity_ns, i._identity_id, "
+            f"i._ingest_ms, i._batch FROM {_lake_sql(lake_root, entry.lake_files)} l "
+            f"JOIN ({index}) i ON i._file = l._file AND i._rn = l.file_row_number)")
 
 
 def apply_batches(
-    store: StoreFiles, batches: list[BatchInput], *, tombstones: list[Tombstone], now_ms: int,
+    store: StoreFiles, lake_root: Path, batches: list[BatchInput], *, tombstones: list[Tombstone], now_ms: int,
     threads: int | None = None, memory_limit: str | None = None,
 ) -> Manifest:
     """Apply batches (in the given order) to the current generation and publish the next one."""
     previous = store.current()
     manifest = Manifest(previous.generation + 1, now_ms, previous.identities, previous.members,
-                        {k: DatasetFiles(v.kind, dict(v.structure), list(v.files))
+                        {k: DatasetFiles(v.kind, dict(v.structure), list(v.files), list(v.lake_files))
                          for k, v in previous.datasets.items()}, list(previous.applied))
     conn = connect(threads, memory_limit, store.root / "tmp")
     try:
-        _stage_tombstones(conn, tombstones)
-        _stage_rows(conn, batches)
-        _update_identities(conn, store, manifest)
+        conn.execute("CREATE OR REPLACE TEMP TABLE tombstones (xid VARCHAR, deleted_ms BIGINT)")
+        if tombstones:
+            conn.executemany("INSERT INTO tombstones VALUES (?, ?)", [(t.xid, t.deleted_ms) for t in tombstones])
+        _stage_rows(conn, lake_root, batches)
+        if batches:
+            _update_identities(conn, store, manifest)
         for dataset_id in sorted({b.dataset_id for b in batches if b.kind == "profile"}):
-            _update_fragments(conn, store, manifest, dataset_id, [b for b in batches if b.dataset_id == dataset_id])
-        for batch in batches:
+            _update_fragments(conn, store, manifest, batches, dataset_id)
+        for order, batch in enumerate(batches):
             if batch.kind == "experienceevent":
-                _append_events(conn, store, manifest, batch)
+                _append_events(conn, lake_root, store, manifest, batches, order)
         if tombstones:
             _apply_tombstones(conn, store, manifest)
         manifest.applied.extend(b.batch_id for b in batches)
@@ -217,44 +233,47 @@ def apply_batches(
     return manifest
 
 
-def _stage_tombstones(conn: duckdb.DuckDBPyConnection, tombstones: list[Tombstone]) -> None:
-    conn.execute("CREATE OR REPLACE TEMP TABLE tombstones (xid VARCHAR, deleted_ms BIGINT)")
-    if tombstones:
-        conn.executemany("INSERT INTO tombstones VALUES (?, ?)", [(t.xid, t.deleted_ms) for t in tombstones])
-
-
-def _stage_rows(conn: duckdb.DuckDBPyConnection, batches: list[BatchInput]) -> None:
-    """The identities of every new row: `items` (xid, ns, id) per row, for the graph and primary keys."""
-    conn.execute("CREATE OR REPLACE TEMP TABLE batch_items (row_key VARCHAR, xid VARCHAR, ns VARCHAR, id VARCHAR)")
-    for seq, batch in enumerate(batches):
+def _stage_rows(conn: duckdb.DuckDBPyConnection, lake_root: Path, batches: list[BatchInput]) -> None:
+    """Every identity of every new row, `(batch order, file, row, xid, ns, id, primary)`, by unnesting
+    identityMap once; and each row's primary identity (marked primary, else the first by ns, id)."""
+    conn.execute("""CREATE OR REPLACE TEMP TABLE batch_items (
+        ord INTEGER, _file VARCHAR, _rn BIGINT, xid UUID, ns VARCHAR, id VARCHAR, is_primary BOOLEAN)""")
+    for order, batch in enumerate(batches):
         if not batch.files:
             continue
         conn.execute(f"""
             INSERT INTO batch_items
-            SELECT '{seq}:' || CAST(rn AS VARCHAR), md5(item.ns || ':' || item.id), item.ns, item.id
-            FROM (SELECT rn, unnest(items) AS item
-                  FROM (SELECT row_number() OVER () AS rn, {_ITEMS} AS items
-                        FROM (SELECT "identityMap" FROM {_files_sql(batch.files)})))
+            WITH entries AS (
+                SELECT _file, file_row_number AS _rn, unnest(map_entries("identityMap")) AS e
+                FROM {_lake_sql(lake_root, batch.files, union=False)}
+            ), items AS (SELECT _file, _rn, lower(e.key) AS ns, unnest(e.value) AS i FROM entries)
+            SELECT {order}, _file, _rn, md5(ns || ':' || i.id)::UUID, ns, i.id, coalesce(i."primary", false)
+            FROM items WHERE i.id IS NOT NULL AND i.id <> ''
         """)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE batch_rows AS
+        SELECT ord, _file, _rn, arg_min({'xid': xid, 'ns': ns, 'id': id}, {'p': NOT is_primary, 'ns': ns, 'id': id})
+               AS p
+        FROM batch_items GROUP BY ord, _file, _rn
+    """)
 
 
 def _update_identities(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manifest: Manifest) -> None:
     """Merge the new rows' links into the clusters; only touched components change."""
     old = (f"SELECT xid, ns, id, cluster FROM read_parquet('{store.path(manifest.identities)}')"
            if manifest.identities else
-           "SELECT NULL::VARCHAR AS xid, NULL::VARCHAR AS ns, NULL::VARCHAR AS id, NULL::VARCHAR AS cluster LIMIT 0")
+           "SELECT NULL::UUID AS xid, NULL::VARCHAR AS ns, NULL::VARCHAR AS id, NULL::UUID AS cluster LIMIT 0")
     conn.execute(f"CREATE OR REPLACE TEMP TABLE old_ids AS {old}")
     conn.execute("CREATE OR REPLACE TEMP TABLE nodes AS SELECT DISTINCT xid, ns, id FROM batch_items")
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE labels AS
         SELECT n.xid, coalesce(o.cluster, n.xid) AS label FROM nodes n LEFT JOIN old_ids o USING (xid)
     """)
-    # A row links all its identities: a star from its smallest XID is enough for connectivity.
+    # A row links all its identities: a star from the row's primary identity is enough for connectivity.
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE label_edges AS
-        WITH firsts AS (SELECT row_key, min(xid) AS hub FROM batch_items GROUP BY row_key),
-             edges AS (SELECT DISTINCT f.hub AS a, b.xid AS b FROM batch_items b JOIN firsts f USING (row_key)
-                       WHERE b.xid <> f.hub)
+        WITH edges AS (SELECT DISTINCT r.p.xid AS a, b.xid AS b FROM batch_items b
+                       JOIN batch_rows r USING (ord, _file, _rn) WHERE b.xid <> r.p.xid)
         SELECT DISTINCT la.label AS a, lb.label AS b
         FROM edges e JOIN labels la ON la.xid = e.a JOIN labels lb ON lb.xid = e.b WHERE la.label <> lb.label
     """)
@@ -262,9 +281,7 @@ def _update_identities(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manif
         CREATE OR REPLACE TEMP TABLE roots AS
         SELECT label, label AS root FROM (SELECT a AS label FROM label_edges UNION SELECT b FROM label_edges)
     """)
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE sym AS SELECT a, b FROM label_edges UNION SELECT b, a FROM label_edges
-    """)
+    conn.execute("CREATE OR REPLACE TEMP TABLE sym AS SELECT a, b FROM label_edges UNION SELECT b, a FROM label_edges")
     while True:  # min-label propagation with pointer jumping; each round is one set-wise statement
         conn.execute("""
             CREATE OR REPLACE TEMP TABLE next_roots AS
@@ -275,117 +292,121 @@ def _update_identities(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manif
             )
             SELECT h.label, least(h.root, j.root) AS root FROM hop h JOIN roots j ON j.label = h.root
         """)
-        changed = conn.execute("""
-            SELECT count(*) FROM next_roots n JOIN roots r USING (label) WHERE n.root <> r.root
-        """).fetchone()
+        changed = conn.execute(
+            "SELECT count(*) FROM next_roots n JOIN roots r USING (label) WHERE n.root <> r.root").fetchall()
         conn.execute("CREATE OR REPLACE TEMP TABLE roots AS SELECT * FROM next_roots")
-        if not changed or changed[0] == 0:
+        if changed[0][0] == 0:
             break
     conn.execute("""
-        CREATE OR REPLACE TEMP TABLE all_ids AS
+        CREATE OR REPLACE TEMP TABLE sized AS
         WITH merged AS (
             SELECT xid, ns, id, cluster FROM old_ids
             UNION ALL SELECT n.xid, n.ns, n.id, n.xid FROM nodes n ANTI JOIN old_ids o USING (xid)
+        ), relabelled AS (
+            SELECT m.xid, m.ns, m.id, coalesce(r.root, m.cluster) AS cluster
+            FROM merged m LEFT JOIN roots r ON r.label = m.cluster
         )
-        SELECT m.xid, m.ns, m.id, coalesce(r.root, m.cluster) AS cluster
-        FROM merged m LEFT JOIN roots r ON r.label = m.cluster
-    """)
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE sized AS
-        SELECT *, count(*) OVER (PARTITION BY cluster) AS cluster_size FROM all_ids
+        SELECT *, count(*) OVER (PARTITION BY cluster) AS cluster_size FROM relabelled
     """)
     identities, members = store.new_file("identities"), store.new_file("members")
     _copy(conn, "SELECT * FROM sized ORDER BY xid", store.path(identities))
     _copy(conn, "SELECT * FROM sized ORDER BY cluster, xid", store.path(members))
     manifest.identities, manifest.members = identities, members
-    for table in ("old_ids", "nodes", "labels", "label_edges", "roots", "next_roots", "sym", "all_ids", "sized"):
+    for table in ("old_ids", "nodes", "labels", "label_edges", "roots", "next_roots", "sym", "sized"):
         conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
-def _with_keys(batch: BatchInput, seq_column: bool = False) -> str:
-    """A batch's rows with the system columns (primary identity, ingestion time, batch)."""
-    primary = _primary_sql(_ITEMS)
-    extra = ", row_number() OVER () AS _row" if seq_column else ""
+def _index_rows(batches: list[BatchInput], orders: list[int]) -> str:
+    """The new rows of the batches at `orders` as index rows (plus `ord`, to rank newer over older)."""
+    cases = " ".join(f"WHEN {o} THEN {batches[o].ingest_ms}" for o in orders)
+    ids = " ".join(f"WHEN {o} THEN '{_escape(batches[o].batch_id)}'" for o in orders)
     return f"""
-        SELECT * EXCLUDE (_p), md5(_p.ns || ':' || _p.id) AS _xid, _p.ns AS _identity_ns, _p.id AS _identity_id,
-               CAST({batch.ingest_ms} AS BIGINT) AS _ingest_ms, '{batch.batch_id}' AS _batch
-        FROM (SELECT *, {primary} AS _p{extra} FROM {_files_sql(batch.files)})
-        WHERE _p IS NOT NULL
+        SELECT p.xid AS _xid, p.ns AS _identity_ns, p.id AS _identity_id,
+               CAST(CASE ord {cases} END AS BIGINT) AS _ingest_ms, CASE ord {ids} END AS _batch,
+               _file, _rn, ord
+        FROM batch_rows WHERE ord IN ({", ".join(str(o) for o in orders)})
     """
 
 
-def _update_fragments(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manifest: Manifest, dataset_id: str,
-                      batches: list[BatchInput]) -> None:
-    """The dataset's fragments: the old ones whose key no new record has, plus the newest new record per key."""
-    parts = [
-        f"SELECT *, {order} AS _order FROM ({_with_keys(b, seq_column=True)})"
-        for order, b in enumerate(batches) if b.files
-    ]
-    if not parts:
+def _dataset_entry(manifest: Manifest, batch: BatchInput) -> DatasetFiles:
+    entry = manifest.datasets.get(batch.dataset_id)
+    if entry is None:
+        entry = DatasetFiles(batch.kind, {}, [], [])
+        manifest.datasets[batch.dataset_id] = entry
+    entry.lake_files.extend(f for f in batch.files if f not in entry.lake_files)
+    if batch.structure:
+        entry.structure = merge_structures(entry.structure, batch.structure)
+    return entry
+
+
+def _update_fragments(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manifest: Manifest,
+                      batches: list[BatchInput], dataset_id: str) -> None:
+    """The dataset's fragment index: old entries whose key no new record has, plus the newest new record per key."""
+    orders = [o for o, b in enumerate(batches) if b.dataset_id == dataset_id and b.files]
+    if not orders:
         return
+    previous = manifest.datasets.get(dataset_id)
+    old_files = list(previous.files) if previous else []
+    entry = previous
+    for o in orders:
+        entry = _dataset_entry(manifest, batches[o])
+    assert entry is not None
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE new_frags AS
-        SELECT * EXCLUDE (_row, _order, _rank) FROM (
-            SELECT *, row_number() OVER (PARTITION BY _xid ORDER BY _order DESC, _row DESC) AS _rank
-            FROM ({" UNION ALL BY NAME ".join(parts)})
-        ) WHERE _rank = 1
+        SELECT * EXCLUDE (ord) FROM ({_index_rows(batches, orders)})
+        QUALIFY row_number() OVER (PARTITION BY _xid ORDER BY ord DESC, _file DESC, _rn DESC) = 1
     """)
-    current = manifest.datasets.get(dataset_id)
-    if current and current.files:
-        select = f"""
-            SELECT * FROM {_files_sql([store.path(f) for f in current.files])}
-            WHERE _xid NOT IN (SELECT _xid FROM new_frags)
-            UNION ALL BY NAME SELECT * FROM new_frags
-        """
-    else:
-        select = "SELECT * FROM new_frags"
-    target = store.new_file(f"records-{dataset_id}")
+    select = "SELECT * FROM new_frags"
+    if old_files:
+        select = (f"SELECT * FROM {_files_sql([store.path(f) for f in old_files])} "
+                  f"WHERE _xid NOT IN (SELECT _xid FROM new_frags) UNION ALL BY NAME {select}")
+    target = store.new_file(f"fragments-{dataset_id}")
     _copy(conn, f"SELECT * FROM ({select}) ORDER BY _xid", store.path(target))
     conn.execute("DROP TABLE IF EXISTS new_frags")
-    manifest.datasets[dataset_id] = DatasetFiles("profile", _without_system(_structure_of(store.path(target))),
-                                                 [target])
+    entry.files = [target]
 
 
-def _append_events(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manifest: Manifest,
-                   batch: BatchInput) -> None:
-    """New events of one batch, minus `_id`s the dataset already has (and duplicates within the batch)."""
+def _append_events(conn: duckdb.DuckDBPyConnection, lake_root: Path, store: StoreFiles, manifest: Manifest,
+                   batches: list[BatchInput], order: int) -> None:
+    """One batch's event index, minus `_id`s the dataset already has (and repeats within the batch)."""
+    batch = batches[order]
     if not batch.files:
         return
-    current = manifest.datasets.get(batch.dataset_id)
-    seen = (f"AND \"_id\" NOT IN (SELECT \"_id\" FROM {_files_sql([store.path(f) for f in current.files])})"
-            if current and current.files else "")
+    previous = manifest.datasets.get(batch.dataset_id)
+    old_files = list(previous.files) if previous else []
+    entry = _dataset_entry(manifest, batch)
+    ids = (f'SELECT _file, file_row_number AS _rn, md5("_id")::UUID AS _event_key '
+           f"FROM {_lake_sql(lake_root, batch.files, union=False)}")
+    seen = (f"AND e._event_key NOT IN (SELECT _event_key FROM {_files_sql([store.path(f) for f in old_files])})"
+            if old_files else "")
     select = f"""
-        SELECT * EXCLUDE (_row, _dup) FROM (
-            SELECT *, row_number() OVER (PARTITION BY "_id" ORDER BY _row) AS _dup FROM ({_with_keys(batch, True)})
-        ) WHERE _dup = 1 {seen}
+        SELECT k.* EXCLUDE (ord), e._event_key
+        FROM ({_index_rows(batches, [order])}) k JOIN ({ids}) e USING (_file, _rn)
+        WHERE TRUE {seen}
+        QUALIFY row_number() OVER (PARTITION BY e._event_key ORDER BY k._file, k._rn) = 1
     """
     target = store.new_file(f"events-{batch.dataset_id}")
     _copy(conn, f"SELECT * FROM ({select}) ORDER BY _xid", store.path(target))
-    structure = _without_system(_structure_of(store.path(target)))
-    if current is None:
-        manifest.datasets[batch.dataset_id] = DatasetFiles("experienceevent", structure, [target])
-    else:
-        current.structure = merge_structures(current.structure, structure)
-        current.files.append(target)
+    entry.files.append(target)
 
 
 def _apply_tombstones(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manifest: Manifest) -> None:
     """Drop deleted identities' fragments and events ingested before their deletion, in every dataset.
 
     The identities stay in the graph (as in AEP, where Identity Service is separate from the store)."""
-    for dataset_id, files in manifest.datasets.items():
-        if not files.files:
+    for dataset_id, entry in manifest.datasets.items():
+        if not entry.files:
             continue
+        index = _files_sql([store.path(f) for f in entry.files])
         hit = conn.execute(f"""
-            SELECT count(*) FROM {_files_sql([store.path(f) for f in files.files])} d
-            JOIN tombstones t ON t.xid = d._xid AND d._ingest_ms <= t.deleted_ms
-        """).fetchone()
-        if not hit or hit[0] == 0:
+            SELECT count(*) FROM {index} d JOIN tombstones t ON t.xid = d._xid AND d._ingest_ms <= t.deleted_ms
+        """).fetchall()
+        if hit[0][0] == 0:
             continue
-        target = store.new_file(f"{files.kind}-{dataset_id}")
+        target = store.new_file(f"{'fragments' if entry.kind == 'profile' else 'events'}-{dataset_id}")
         _copy(conn, f"""
-            SELECT d.* FROM {_files_sql([store.path(f) for f in files.files])} d
+            SELECT d.* FROM {index} d
             WHERE NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.xid = d._xid AND d._ingest_ms <= t.deleted_ms)
             ORDER BY d._xid
         """, store.path(target))
-        files.files = [target]
+        entry.files = [target]

@@ -1,8 +1,8 @@
 """Plans over the profile store: which fragments make a profile, merged by `engine/merge.py`.
 
 A profile's *group* is its cluster (identity stitching, `pdg`) or the primary identity's own XID
-(`none`). The same fragment relations serve a lookup (restricted to one group's members, which
-prunes Parquet row groups because fragments are sorted by `_xid`) and an export (every group).
+(`none`). The same fragment relations serve a lookup (the index narrowed to one group's member
+XIDs, which prunes row groups because indexes are sorted by `_xid`) and an export (every group).
 Clusters over the size limit are left out of both, as AEP does.
 """
 
@@ -13,12 +13,8 @@ from pathlib import Path
 
 import duckdb
 
-from openprofile.engine.merge import FragmentSource, MergeRule, merge_sql
-from openprofile.engine.structure import Structure
-
-
-def _list(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+from openprofile.engine.merge import FragmentSource
+from openprofile.engine.profile_store import DatasetFiles, StoreFiles, indexed_rows
 
 
 def _quote(value: str) -> str:
@@ -26,10 +22,11 @@ def _quote(value: str) -> str:
 
 
 @dataclass(frozen=True)
-class RecordDataset:
-    dataset_id: str
-    paths: list[Path]
-    structure: Structure
+class StoreView:
+    """Where one generation's indexes and the lake they point into are."""
+
+    lake_root: Path
+    files: StoreFiles
 
 
 @dataclass(frozen=True)
@@ -43,54 +40,62 @@ class IdentityHit:
 
 def find_identity(conn: duckdb.DuckDBPyConnection, identities: Path, xid: str) -> IdentityHit | None:
     rows = conn.execute(
-        f"SELECT xid, ns, id, cluster, cluster_size FROM read_parquet('{identities}') WHERE xid = ?", [xid]
+        f"SELECT replace(xid::VARCHAR, '-', ''), ns, id, replace(cluster::VARCHAR, '-', ''), cluster_size "
+        f"FROM read_parquet('{identities}') WHERE xid = ?::UUID", [xid]
     ).fetchall()
-    return IdentityHit(str(rows[0][0]), str(rows[0][1]), str(rows[0][2]), str(rows[0][3]), int(rows[0][4])) \
-        if rows else None
+    if not rows:
+        return None
+    found = rows[0]
+    return IdentityHit(str(found[0]), str(found[1]), str(found[2]), str(found[3]), int(found[4]))
 
 
 def cluster_members(conn: duckdb.DuckDBPyConnection, members: Path, cluster: str) -> list[tuple[str, str, str]]:
     """(xid, namespace, id) of every identity in the cluster, ordered by XID."""
     rows = conn.execute(
-        f"SELECT xid, ns, id FROM read_parquet('{members}') WHERE cluster = ? ORDER BY xid", [cluster]
+        f"SELECT replace(xid::VARCHAR, '-', ''), ns, id FROM read_parquet('{members}') WHERE cluster = ?::UUID "
+        "ORDER BY xid", [cluster]
     ).fetchall()
     return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
 
-def fragment_sources(datasets: list[RecordDataset], *, stitched: bool, identities: Path | None,
-                     members: list[str] | None = None, group: str | None = None,
+def members_filter(members: list[str]) -> str:
+    return f"_xid IN ({', '.join(_quote(m) + '::UUID' for m in members)})"
+
+
+def fragment_sources(view: StoreView, datasets: dict[str, DatasetFiles], *, stitched: bool,
+                     identities: Path | None = None, members: list[str] | None = None, group: str | None = None,
                      max_cluster_size: int | None = None) -> list[FragmentSource]:
-    """Fragment relations with `_group` and `_dataset`; for one profile pass `members` and its `group`."""
+    """Fragment relations with `_group` and `_dataset`: one profile's (`members`, `group`) or every profile's."""
     sources = []
-    for dataset in datasets:
-        rel = f"read_parquet({_list(dataset.paths)}, union_by_name = true)"
+    for dataset_id, entry in datasets.items():
+        name = _quote(dataset_id)
         if members is not None:
-            keys = ", ".join(_quote(m) for m in members)
-            relation = (f"(SELECT *, {_quote(group or '')} AS _group, {_quote(dataset.dataset_id)} AS _dataset "
-                        f"FROM {rel} WHERE _xid IN ({keys}))")
+            rows = indexed_rows(view.lake_root, view.files, entry, where=members_filter(members))
+            relation = f"(SELECT *, {_quote(group or '')} AS _group, {name} AS _dataset FROM {rows})"
         elif stitched and identities is not None:
+            rows = indexed_rows(view.lake_root, view.files, entry)
             limit = f"WHERE i.cluster_size <= {int(max_cluster_size)}" if max_cluster_size else ""
-            relation = (f"(SELECT f.*, i.cluster AS _group, {_quote(dataset.dataset_id)} AS _dataset FROM {rel} f "
+            group_key = "replace(i.cluster::VARCHAR, '-', '')"
+            relation = (f"(SELECT f.*, {group_key} AS _group, {name} AS _dataset FROM {rows} f "
                         f"JOIN read_parquet('{identities}') i ON i.xid = f._xid {limit})")
         else:
-            relation = f"(SELECT *, _xid AS _group, {_quote(dataset.dataset_id)} AS _dataset FROM {rel})"
-        sources.append(FragmentSource(dataset.dataset_id, relation, dataset.structure))
+            rows = indexed_rows(view.lake_root, view.files, entry)
+            relation = f"(SELECT *, replace(_xid::VARCHAR, '-', '') AS _group, {name} AS _dataset FROM {rows})"
+        sources.append(FragmentSource(dataset_id, relation, entry.structure))
     return sources
 
 
-def merged_profiles_sql(sources: list[FragmentSource], rule: MergeRule) -> str:
-    return merge_sql(sources, rule)
-
-
-def events_sql(paths: list[Path], members: list[str], *, start_ms: int | None, end_ms: int | None,
-               descending: bool, limit: int, offset: int) -> str:
-    """One profile's events, newest or oldest first, by event time (`startTime` inclusive, `endTime` exclusive)."""
-    keys = ", ".join(_quote(m) for m in members)
-    conditions = [f"_xid IN ({keys})"]
+def events_sql(view: StoreView, datasets: list[DatasetFiles], members: list[str], *, start_ms: int | None,
+               end_ms: int | None, descending: bool, limit: int, offset: int) -> str:
+    """One profile's events, oldest or newest first by event time (`startTime` inclusive, `endTime` exclusive)."""
+    conditions = ["TRUE"]
     if start_ms is not None:
-        conditions.append(f"epoch_ms(\"timestamp\") >= {int(start_ms)}")
+        conditions.append(f'epoch_ms("timestamp") >= {int(start_ms)}')
     if end_ms is not None:
-        conditions.append(f"epoch_ms(\"timestamp\") < {int(end_ms)}")
+        conditions.append(f'epoch_ms("timestamp") < {int(end_ms)}')
     direction = "DESC" if descending else "ASC"
-    return (f"SELECT * FROM read_parquet({_list(paths)}, union_by_name = true) WHERE {' AND '.join(conditions)} "
-            f"ORDER BY \"timestamp\" {direction}, \"_id\" {direction} LIMIT {int(limit)} OFFSET {int(offset)}")
+    union = " UNION ALL BY NAME ".join(
+        f"SELECT * FROM {indexed_rows(view.lake_root, view.files, d, where=members_filter(members))}"
+        for d in datasets)
+    return (f"SELECT * FROM ({union}) WHERE {' AND '.join(conditions)} "
+            f'ORDER BY "timestamp" {direction}, "_id" {direction} LIMIT {int(limit)} OFFSET {int(offset)}')

@@ -22,7 +22,8 @@ from openprofile.core.platform import Platform
 from openprofile.core.tenancy import Tenant
 from openprofile.engine import profiles as plans
 from openprofile.engine.fields import UnknownField, check_fields, parse_fields, project_sql
-from openprofile.engine.merge import MergeRule, profile_structure
+from openprofile.engine.merge import FragmentSource, MergeRule, merge_sql, profile_structure
+from openprofile.engine.profile_store import DatasetFiles
 from openprofile.engine.structure import Structure, merge_structures
 from openprofile.identity.namespaces import looks_like_xid, xid
 from openprofile.profile import store
@@ -94,7 +95,7 @@ def find_profile(platform: Platform, snapshot: store.StoreSnapshot, policy: Merg
     requested = _requested_xid(entity_id, namespace, field)
     described = f"{namespace}:{entity_id}" if namespace else entity_id
     identities = snapshot.manifest.identities
-    hit = plans.find_identity(_duck(), snapshot.files.path(identities), requested) if identities else None
+    hit = plans.find_identity(_duck(), snapshot.path(identities), requested) if identities else None
     if hit is None:
         raise access_error(NotFound(f"No profile found for identity '{described}'."))
     if policy.identity_graph == "pdg":
@@ -103,27 +104,23 @@ def find_profile(platform: Platform, snapshot: store.StoreSnapshot, policy: Merg
                 f"Too many related identities: the graph of '{described}' links {hit.cluster_size} identities, "
                 f"more than {platform.settings.max_graph_identities}."))
         assert snapshot.manifest.members is not None
-        members = plans.cluster_members(_duck(), snapshot.files.path(snapshot.manifest.members), hit.cluster)
+        members = plans.cluster_members(_duck(), snapshot.path(snapshot.manifest.members), hit.cluster)
         return Profile(requested, hit.cluster, members)
     return Profile(requested, hit.xid, [(hit.xid, hit.namespace, hit.id)])
-
-
-def _record_datasets(snapshot: store.StoreSnapshot, policy: MergePolicy) -> list[plans.RecordDataset]:
-    rule = merge_rule(policy)
-    return [plans.RecordDataset(d, snapshot.paths(d), snapshot.manifest.datasets[d].structure)
-            for d in snapshot.record_datasets() if rule.includes(d)]
 
 
 def merge_rule(policy: MergePolicy) -> MergeRule:
     return MergeRule(policy.attribute_merge, tuple(policy.order))
 
 
+def _record_datasets(snapshot: store.StoreSnapshot, policy: MergePolicy) -> dict[str, DatasetFiles]:
+    rule = merge_rule(policy)
+    return {d: f for d, f in snapshot.record_datasets().items() if rule.includes(d)}
+
+
 def profile_fields(snapshot: store.StoreSnapshot) -> Structure:
     """Every record field of the profile-enabled datasets, plus `identities`: what `fields` may name."""
-    sources = plans.fragment_sources(
-        [plans.RecordDataset(d, snapshot.paths(d), snapshot.manifest.datasets[d].structure)
-         for d in snapshot.record_datasets()], stitched=False, identities=None)
-    return profile_structure(sources)
+    return profile_structure([FragmentSource(d, "", f.structure) for d, f in snapshot.record_datasets().items()])
 
 
 def parse_and_check_fields(fields: str | list[str] | None, structure: Structure,
@@ -145,12 +142,12 @@ def merged_entity(platform: Platform, snapshot: store.StoreSnapshot, policy: Mer
     datasets = _record_datasets(snapshot, policy)
     if not datasets:
         return None
-    sources = plans.fragment_sources(datasets, stitched=policy.identity_graph == "pdg", identities=None,
+    sources = plans.fragment_sources(snapshot.view, datasets, stitched=policy.identity_graph == "pdg",
                                      members=[m[0] for m in profile.members], group=profile.group)
     structure = profile_structure(sources)
     projection = ", ".join(project_sql(paths, structure, source="m")) or "NULL AS \"__none\""
     sql = (f"SELECT {projection}, m._sources, m._tags, m._last_modified_ms "
-           f"FROM ({plans.merged_profiles_sql(sources, merge_rule(policy))}) m")
+           f"FROM ({merge_sql(sources, merge_rule(policy))}) m")
     table = _duck().sql(sql).to_arrow_table()
     if table.num_rows == 0:
         return None
@@ -179,8 +176,8 @@ def lookup(platform: Platform, tenant: Tenant, policy: MergePolicy, entity_id: s
 
 def event_fields(snapshot: store.StoreSnapshot) -> Structure:
     merged: Structure = {}
-    for dataset_id in snapshot.event_datasets():
-        merged = merge_structures(merged, snapshot.manifest.datasets[dataset_id].structure)
+    for entry in snapshot.event_datasets().values():
+        merged = merge_structures(merged, entry.structure)
     return merged
 
 
@@ -193,11 +190,11 @@ def events(platform: Platform, tenant: Tenant, policy: MergePolicy, entity_id: s
     paths = parse_and_check_fields(fields, structure)
     profile = find_profile(platform, snapshot, policy, entity_id, namespace, "relatedEntityId")
     # Events are appended, never merged: every profile-enabled event dataset contributes, under any policy.
-    event_paths = [p for d in snapshot.event_datasets() for p in snapshot.paths(d)]
-    if not event_paths:
+    datasets = list(snapshot.event_datasets().values())
+    if not datasets:
         return [], False
-    base = plans.events_sql(event_paths, [m[0] for m in profile.members], start_ms=start_ms, end_ms=end_ms,
-                            descending=descending, limit=limit + 1, offset=offset)
+    base = plans.events_sql(snapshot.view, datasets, [m[0] for m in profile.members], start_ms=start_ms,
+                            end_ms=end_ms, descending=descending, limit=limit + 1, offset=offset)
     projection = ", ".join(project_sql(paths, structure, source="e"))
     table = _duck().sql(
         f"SELECT {projection}, e._id AS __event_id, epoch_ms(e.\"timestamp\") AS __ts, e._ingest_ms AS __ingest "

@@ -26,7 +26,8 @@ from openprofile.core.platform import Platform
 from openprofile.core.queue import ClaimedJob, Handler, enqueue
 from openprofile.core.tables import profile_batches, profile_deletions
 from openprofile.core.tenancy import Tenant
-from openprofile.engine.profile_store import BatchInput, Manifest, StoreFiles, Tombstone, apply_batches
+from openprofile.engine.profile_store import BatchInput, DatasetFiles, Manifest, StoreFiles, Tombstone, apply_batches
+from openprofile.engine.profiles import StoreView
 from openprofile.identity.namespaces import xid
 
 JOB_KIND = "profile.apply"
@@ -85,13 +86,13 @@ def apply_pending(platform: Platform, tenant: Tenant) -> int:
                     if batch.status != "success" or dataset.xdm_class is None:
                         skipped.append(row.batch_id)
                         continue
-                    paths = [platform.lake.resolve(f.path) for f in catalog.list_files(conn, tenant, batch.id)]
+                    paths = [f.path for f in catalog.list_files(conn, tenant, batch.id)]
                     inputs.append(BatchInput(batch.id, dataset.id, dataset.xdm_class.kind, paths,
-                                             batch.completed_ms or batch.updated_ms))
+                                             batch.completed_ms or batch.updated_ms, dataset.structure))
             if not pending:
                 return applied
             if inputs:
-                apply_batches(files, inputs, tombstones=tombstones, now_ms=now_ms(),
+                apply_batches(files, platform.lake.root, inputs, tombstones=tombstones, now_ms=now_ms(),
                               threads=platform.settings.engine_threads)
             with platform.engine.begin() as conn:
                 for batch_input in inputs:
@@ -134,27 +135,29 @@ def pending_count(platform: Platform, tenant: Tenant) -> int:
 class StoreSnapshot:
     """One generation of a tenant's store, with the datasets that are still live in the catalog."""
 
-    files: StoreFiles
+    view: StoreView
     manifest: Manifest
     live_datasets: dict[str, catalog.Dataset]
 
-    def paths(self, dataset_id: str) -> list[Path]:
-        return [self.files.path(f) for f in self.manifest.datasets[dataset_id].files]
+    def path(self, name: str) -> Path:
+        return self.view.files.path(name)
 
-    def record_datasets(self) -> list[str]:
-        return [d for d, f in self.manifest.datasets.items()
-                if f.kind == "profile" and f.files and d in self.live_datasets]
+    def _of_kind(self, kind: str) -> dict[str, DatasetFiles]:
+        return {d: f for d, f in self.manifest.datasets.items()
+                if f.kind == kind and f.files and d in self.live_datasets}
 
-    def event_datasets(self) -> list[str]:
-        return [d for d, f in self.manifest.datasets.items()
-                if f.kind == "experienceevent" and f.files and d in self.live_datasets]
+    def record_datasets(self) -> dict[str, DatasetFiles]:
+        return self._of_kind("profile")
+
+    def event_datasets(self) -> dict[str, DatasetFiles]:
+        return self._of_kind("experienceevent")
 
 
 def snapshot(platform: Platform, tenant: Tenant) -> StoreSnapshot:
     files = store_files(platform, tenant)
     with platform.engine.connect() as conn:
         live = {d.id: d for d in catalog.find_datasets(conn, tenant) if d.profile_enabled}
-    return StoreSnapshot(files, files.current(), live)
+    return StoreSnapshot(StoreView(platform.lake.root, files), files.current(), live)
 
 
 def record_deletion(conn: Connection, tenant: Tenant, identities: list[tuple[str, str]]) -> None:
@@ -174,5 +177,6 @@ def apply_now(platform: Platform, tenant: Tenant) -> None:
         with platform.engine.connect() as conn:
             tombstones = _tombstones(conn, tenant)
         if files.current().generation:
-            apply_batches(files, [], tombstones=tombstones, now_ms=now_ms(), threads=platform.settings.engine_threads)
+            apply_batches(files, platform.lake.root, [], tombstones=tombstones, now_ms=now_ms(),
+                          threads=platform.settings.engine_threads)
     apply_pending(platform, tenant)
