@@ -183,6 +183,8 @@ _CSV_DIALECT = "delim = ',', quote = '\"', escape = '\"', header = true, skip = 
 _NO_ID = "ExperienceEvent record has no '_id'"
 _NO_TIMESTAMP = "ExperienceEvent record has no 'timestamp'"
 
+# Small row groups let a lookup read one profile's rows without reading much else (Parquet skips groups).
+ROW_GROUP_ROWS = 16_384
 _BATCH_ROWS = 131_072
 _FILE_SHIFT = 1 << 40  # record keys are file index * _FILE_SHIFT + record number
 _MAX_JSON_OBJECT = 64 * 1024 * 1024
@@ -1291,7 +1293,7 @@ class _Run:
                         writer = pq.ParquetWriter(path, batch.schema, compression="zstd")
                         in_file = 0
                     take = min(batch.num_rows - offset, self.rows_per_file - in_file)
-                    writer.write_batch(batch.slice(offset, take))
+                    writer.write_batch(batch.slice(offset, take), row_group_size=ROW_GROUP_ROWS)
                     offset += take
                     in_file += take
                     if in_file == self.rows_per_file:

@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 
 from openprofile.engine.merge import FragmentSource
-from openprofile.engine.profile_store import DatasetFiles, StoreFiles, indexed_rows
+from openprofile.engine.profile_store import SYSTEM_COLUMNS, DatasetFiles, StoreFiles, indexed_rows
 
 
 def _quote(value: str) -> str:
@@ -99,3 +99,35 @@ def events_sql(view: StoreView, datasets: list[DatasetFiles], members: list[str]
         for d in datasets)
     return (f"SELECT * FROM ({union}) WHERE {' AND '.join(conditions)} "
             f'ORDER BY "timestamp" {direction}, "_id" {direction} LIMIT {int(limit)} OFFSET {int(offset)}')
+
+
+def profile_fragments(conn: duckdb.DuckDBPyConnection, view: StoreView, datasets: dict[str, DatasetFiles],
+                      members: list[str], group: str) -> list[FragmentSource]:
+    """One profile's fragments read into this connection's temp tables `__frag_N`: point lookups in the
+    indexes (sorted by `_xid`), then exactly the lake rows they name (Parquet skips the other row groups).
+    A lookup then merges a handful of rows instead of joining whole datasets."""
+    sources = []
+    for number, (dataset_id, entry) in enumerate(datasets.items()):
+        index = ", ".join(_quote(str(view.files.path(f))) for f in entry.files)
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE __idx AS SELECT * FROM read_parquet([{index}]) "
+                     f"WHERE {members_filter(members)}")
+        hits = conn.execute("SELECT DISTINCT _file, _rn FROM __idx ORDER BY _file, _rn").fetchall()
+        name = f"__frag_{number}"
+        if not hits:
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
+            continue
+        rows = " UNION ALL BY NAME ".join(
+            f"SELECT *, {_quote(str(file))} AS __file FROM read_parquet({_quote(str(view.lake_root / str(file)))}, "
+            f"file_row_number = true) WHERE file_row_number = {int(rn)}"
+            for file, rn in hits
+        )
+        system = ", ".join(f"i.{c}" for c in SYSTEM_COLUMNS)
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE {name} AS
+            SELECT l.* EXCLUDE (__file, file_row_number), {system}, {_quote(group)} AS _group,
+                   {_quote(dataset_id)} AS _dataset
+            FROM ({rows}) l JOIN __idx i ON i._file = l.__file AND i._rn = l.file_row_number
+        """)
+        sources.append(FragmentSource(dataset_id, name, entry.structure))
+    conn.execute("DROP TABLE IF EXISTS __idx")
+    return sources

@@ -142,9 +142,13 @@ def merged_entity(platform: Platform, snapshot: store.StoreSnapshot, policy: Mer
     datasets = _record_datasets(snapshot, policy)
     if not datasets:
         return None
-    sources = plans.fragment_sources(snapshot.view, datasets, stitched=policy.identity_graph == "pdg",
-                                     members=[m[0] for m in profile.members], group=profile.group)
+    sources = plans.profile_fragments(_duck(), snapshot.view, datasets, [m[0] for m in profile.members],
+                                      profile.group)
+    if not sources:
+        return None
     structure = profile_structure(sources)
+    if paths is not None:  # a field only datasets without this profile's fragments have is simply absent
+        paths = [p for p in paths if _known(p, structure)]
     projection = ", ".join(project_sql(paths, structure, source="m")) or "NULL AS \"__none\""
     sql = (f"SELECT {projection}, m._sources, m._tags, m._last_modified_ms "
            f"FROM ({merge_sql(sources, merge_rule(policy))}) m")
@@ -161,6 +165,14 @@ def merged_entity(platform: Platform, snapshot: store.StoreSnapshot, policy: Mer
         "entity": jsonable({k: v for k, v in row.items() if k not in ("_last_modified_ms", "__none")}),
         "lastModifiedAt": ms_to_iso(int(row["_last_modified_ms"])),
     }
+
+
+def _known(path: str, structure: Structure) -> bool:
+    try:
+        check_fields([path], structure)
+    except UnknownField:
+        return False
+    return True
 
 
 def lookup(platform: Platform, tenant: Tenant, policy: MergePolicy, entity_id: str, namespace: str | None,
