@@ -17,6 +17,9 @@ from openprofile.core.http import RequestContextMiddleware, install_error_handle
 from openprofile.core.platform import Platform
 from openprofile.core.queue import Handler, WorkerPool
 from openprofile.core.settings import Settings
+from openprofile.export import runner as export_runner
+from openprofile.export import service as export_service
+from openprofile.export.routes import router as export_router
 from openprofile.gateway.routes import router as gateway_router
 from openprofile.ingest import service as ingest
 from openprofile.ingest.routes import router as ingest_router
@@ -28,7 +31,11 @@ from openprofile.schemaregistry.routes import router as schema_router
 
 def job_handlers(platform: Platform) -> dict[str, Handler]:
     """Every kind of queued job and who runs it; shared by the server and `openprofile worker`."""
-    return {ingest.JOB_KIND: ingest.handler(platform), profile_store.JOB_KIND: profile_store.handler(platform)}
+    return {
+        ingest.JOB_KIND: ingest.handler(platform),
+        profile_store.JOB_KIND: profile_store.handler(platform),
+        export_service.JOB_KIND: export_runner.handler(platform),
+    }
 
 
 def worker_pool(platform: Platform, size: int) -> WorkerPool:
@@ -63,6 +70,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     install_error_handlers(app)
     for router in (gateway_router, catalog_router, ingest_router, access_router, schema_router,
-                   merge_policies_router, profile_access_router):
+                   merge_policies_router, profile_access_router, export_router):
         app.include_router(router)
     return app

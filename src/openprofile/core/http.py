@@ -105,9 +105,18 @@ def _pointer(loc: tuple[Any, ...]) -> str:
     return f"/{path}" if where == "body" else (path or str(where))
 
 
+def _message(error: Any) -> str:
+    """Pydantic's message, naming the offending value when it is a scalar the message does not show."""
+    message = str(error.get("msg", "invalid"))
+    value = error.get("input")
+    if isinstance(value, str | int | float | bool) and not isinstance(value, bool) and repr(value) not in message:
+        message += f" (got {value!r})"
+    return message
+
+
 def fields_from_pydantic(errors: list[Any], where: tuple[str, ...] = ()) -> list[FieldError]:
     """Pydantic errors as fields; `where` prefixes locations that lack FastAPI's ("body", ...) or ("query", ...)."""
-    return [FieldError(_pointer(where + tuple(e.get("loc", ()))), str(e.get("msg", "invalid"))) for e in errors]
+    return [FieldError(_pointer(where + tuple(e.get("loc", ()))), _message(e)) for e in errors]
 
 
 def malformed_json(body: bytes, position: int, reason: str) -> MalformedJSON:

@@ -217,3 +217,24 @@ merge_policy_versions = Table(
     Column("updated_ms", BigInteger, nullable=False),
     UniqueConstraint("org_id", "sandbox_id", "policy_id", "version", name="uq_merge_policy_versions_key"),
 )
+
+# --- profile export jobs -------------------------------------------------------------------------------------
+
+export_jobs = Table(
+    "export_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("request", JSON, nullable=False),
+    Column("destination", JSON, nullable=False),
+    Column("merge_policy", JSON, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("errors", JSON, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("compute_job_id", String(64), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index("ix_export_jobs_tenant_page", "org_id", "sandbox_id", "created_ms", "id"),
+)
