@@ -170,10 +170,12 @@ class WrittenBatch:
 
 
 def write_parquet(conn: duckdb.DuckDBPyConnection, sql: str, out_dir: Path, *, rows_per_file: int,
-                  prefix: str = "part") -> WrittenBatch:
-    """Stream the query into Parquet files of at most `rows_per_file` rows, counting profiles per namespace."""
+                  prefix: str = "part", result: WrittenBatch | None = None) -> WrittenBatch:
+    """Stream the query into Parquet files of at most `rows_per_file` rows, counting profiles per namespace.
+
+    `result` (if given) is filled as the files are written, so another thread can report progress."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = WrittenBatch()
+    result = result if result is not None else WrittenBatch()
     started = time.perf_counter()
     reader = conn.sql(sql).to_arrow_reader(BATCH_ROWS)
     result.query_ms += (time.perf_counter() - started) * 1000

@@ -96,6 +96,15 @@ def transition(conn: Connection, job: ExportJob, to: str, **values: Any) -> bool
     return result.rowcount == 1
 
 
+def record_progress(conn: Connection, job: ExportJob, progress: dict[str, int]) -> None:
+    """While PROCESSING, how far the job got (`metrics.progress`: profiles and files written so far)."""
+    conn.execute(
+        export_jobs.update()
+        .where(export_jobs.c.id == job.id, _tenant_filter(job.tenant), export_jobs.c.status == PROCESSING)
+        .values(metrics={**job.metrics, "progress": progress}, updated_ms=now_ms())
+    )
+
+
 def delete(conn: Connection, job: ExportJob) -> bool:
     result = conn.execute(export_jobs.delete().where(
         export_jobs.c.id == job.id, _tenant_filter(job.tenant), export_jobs.c.status.in_(FINISHED)))
@@ -129,10 +138,6 @@ def page(conn: Connection, tenant: Tenant, query: PageQuery) -> list[ExportJob]:
     stmt = stmt.order_by(*[c.desc() if query.descending else c.asc() for c in order])
     rows = conn.execute(stmt.offset(query.skip).limit(query.limit))
     return [_from_row(tenant, r) for r in rows]
-
-
-def _times(metric: dict[str, Any] | None) -> dict[str, Any] | None:
-    return dict(metric) if metric else None
 
 
 def render(job: ExportJob) -> dict[str, Any]:

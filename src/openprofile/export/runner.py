@@ -96,11 +96,17 @@ def build_plan(platform: Platform, snapshot: profile_store.StoreSnapshot, policy
 
 
 def _watch(platform: Platform, job: jobs.ExportJob, conn: duckdb.DuckDBPyConnection,
-           stop: threading.Event, cancelled: threading.Event) -> None:
+           stop: threading.Event, cancelled: threading.Event, progress: list[WrittenBatch]) -> None:
+    """Interrupt the query when the job is cancelled (or deleted); meanwhile, record its progress."""
+    reported = (-1, -1)
     while not stop.wait(0.25):
         try:
-            with platform.engine.connect() as meta:
+            with platform.engine.begin() as meta:
                 current = jobs.get(meta, job.tenant, job.id)
+                now = (sum(p.rows for p in progress), sum(len(p.files) for p in progress))
+                if current.status == jobs.PROCESSING and now != reported:
+                    jobs.record_progress(meta, current, {"profilesWritten": now[0], "files": now[1]})
+                    reported = now
         except NotFound:
             current = None
         if current is None or current.status == jobs.CANCELLING:
@@ -153,7 +159,8 @@ def _execute(platform: Platform, job: jobs.ExportJob) -> dict[str, tuple[Written
     plan = build_plan(platform, snapshot, policy, job.request)
     duck = connect(platform.settings.engine_threads, None, platform.settings.data_dir / "tmp" / "duckdb")
     stop, cancelled = threading.Event(), threading.Event()
-    watcher = threading.Thread(target=_watch, args=(platform, job, duck, stop, cancelled), daemon=True)
+    progress: list[WrittenBatch] = []
+    watcher = threading.Thread(target=_watch, args=(platform, job, duck, stop, cancelled, progress), daemon=True)
     watcher.start()
     results: dict[str, tuple[WrittenBatch, Path]] = {}
     try:
@@ -170,8 +177,9 @@ def _execute(platform: Platform, job: jobs.ExportJob) -> dict[str, tuple[Written
                 raise ExportError("EXPORT_NO_DATA", "No profile-enabled dataset has data for this merge policy yet.")
             staged = platform.lake.staging_dir(batch_id)
             sql = export_sql(plan, only_segment=segment)
-            results[batch_id] = (write_parquet(duck, sql, staged, rows_per_file=platform.settings.rows_per_file),
-                                 staged)
+            progress.append(WrittenBatch())
+            results[batch_id] = (write_parquet(duck, sql, staged, rows_per_file=platform.settings.rows_per_file,
+                                               result=progress[-1]), staged)
     except duckdb.InterruptException:
         raise Cancelled from None
     except duckdb.Error:
@@ -226,7 +234,7 @@ def _publish(platform: Platform, job: jobs.ExportJob, written: dict[str, tuple[W
             finished = now_ms()
             export_start = started - int(query_ms + write_ms)
             metrics: dict[str, Any] = {
-                **job.metrics,
+                **{k: v for k, v in job.metrics.items() if k != "progress"},
                 "totalTime": _metric(job.created_ms, finished),
                 "profileExportTime": _metric(export_start, export_start + int(query_ms)),
                 "aCPDatasetWriteTime": _metric(export_start + int(query_ms), finished),
