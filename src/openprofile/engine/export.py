@@ -94,22 +94,23 @@ def _segment_condition(structure: Structure) -> Callable[[SegmentCondition, Expo
 
 
 def _events_cte(events: EventPlan) -> str:
-    """Per group, the list of its events (projected), ordered by event time."""
+    """Per group with events, the list of its events inside the ingestion window (projected, by event time; NULL
+    when none is inside), and the identities its events name (an events-only profile's identities)."""
     union = " UNION ALL BY NAME ".join(f"SELECT * FROM {r}" for r in events.relations)
-    window = []
+    window = ["TRUE"]
     if events.from_ingest_ms is not None:
         window.append(f"e._ingest_ms > {int(events.from_ingest_ms)}")
     if events.to_ingest_ms is not None:
         window.append(f"e._ingest_ms < {int(events.to_ingest_ms)}")
-    where = f"WHERE {' AND '.join(window)}" if window else ""
     names = list(project_structure(events.paths, events.structure))
     items = project_sql(events.paths, events.structure, source="e")
     fields = ", ".join(f"{quote_identifier(n)} := {item[: -len(' AS ' + quote_identifier(n))]}"
                        for n, item in zip(names, items, strict=True))
     order = 'e."timestamp"' if "timestamp" in events.structure else "e._ingest_ms"
-    return (f"SELECT e._group, list(struct_pack({fields}) ORDER BY {order}, e._xid) AS \"timeSeriesEvents\", "
+    return (f"SELECT e._group, list(struct_pack({fields}) ORDER BY {order}, e._xid) "
+            f"FILTER (WHERE {' AND '.join(window)}) AS \"timeSeriesEvents\", "
             f"list(DISTINCT {{'id': e._identity_id, 'namespace': {{'code': e._identity_ns}}, 'primary': true}}) "
-            f"AS __event_identities FROM ({union}) e {where} GROUP BY e._group")
+            f"AS __event_identities FROM ({union}) e GROUP BY e._group")
 
 
 def with_cluster_identities(merged: str, members: Path) -> str:
