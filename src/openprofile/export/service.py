@@ -198,15 +198,18 @@ def job_id_of(raw: str) -> int:
 
 
 def cancel_or_delete(platform: Platform, conn: Connection, tenant: Tenant, job_id: int) -> None:
-    """Unfinished: cancel (NEW at once, PROCESSING through CANCELLING). Finished: forget the job record."""
-    job = jobs.get(conn, tenant, job_id)
-    if job.status == jobs.NEW:
-        if not jobs.transition(conn, job, jobs.CANCELLED):
-            raise BadRequest(f"Export job {job_id} changed state; try again.")
-        for batch_id in job.batch_ids:
-            catalog.set_batch_status(conn, tenant, batch_id, expected=("staging",), status="aborted")
-    elif job.status == jobs.PROCESSING:
-        if not jobs.transition(conn, job, jobs.CANCELLING):
-            raise BadRequest(f"Export job {job_id} changed state; try again.")
-    elif job.status in jobs.FINISHED:
-        jobs.delete(conn, job)
+    """Unfinished: cancel (NEW at once, PROCESSING through CANCELLING). Finished: forget the job record.
+
+    A worker may move the job between our read and our compare-and-set; states only move forward, so we
+    read again and retry."""
+    for _ in range(10):
+        job = jobs.get(conn, tenant, job_id)
+        if job.status == jobs.NEW and jobs.transition(conn, job, jobs.CANCELLED):
+            for batch_id in job.batch_ids:
+                catalog.set_batch_status(conn, tenant, batch_id, expected=("staging",), status="aborted")
+            return
+        if job.status == jobs.PROCESSING and jobs.transition(conn, job, jobs.CANCELLING):
+            return
+        if job.status == jobs.CANCELLING or (job.status in jobs.FINISHED and jobs.delete(conn, job)):
+            return
+    raise BadRequest(f"Export job {job_id} keeps changing state; try again.")
