@@ -1,4 +1,5 @@
-"""The `openprofile` command: serve the API, run workers, manage credentials and sandboxes, generate data.
+"""The `openprofile` command: serve the API, run workers, manage credentials and sandboxes, generate data,
+and drive export jobs over HTTP (`openprofile export ...`, in `cli/export.py`).
 
 Every option can also be set with an `OPENPROFILE_*` environment variable (see `core/settings.py`).
 """
@@ -14,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from openprofile.cli.export import export_app
 from openprofile.core.settings import AuthMode, Settings
 
 app = typer.Typer(help="openprofile: an open AEP Real-Time Customer Profile service.", no_args_is_help=True)
@@ -21,6 +23,7 @@ credentials_app = typer.Typer(help="API clients (client id = API key, secret, or
 sandbox_app = typer.Typer(help="Sandboxes of an org.", no_args_is_help=True)
 app.add_typer(credentials_app, name="credentials")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(export_app, name="export")
 console = Console()
 
 DataDir = typer.Option(None, "--data-dir", help="Lake, uploads and SQLite live here [env OPENPROFILE_DATA_DIR].")
