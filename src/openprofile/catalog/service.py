@@ -20,7 +20,7 @@ from openprofile.core.clock import now_ms
 from openprofile.core.errors import BadRequest, FieldError, NotFound, ValidationFailed
 from openprofile.core.jsonpatch import apply_patch
 from openprofile.core.tables import batch_files, batches, datasets
-from openprofile.core.tenancy import Tenant
+from openprofile.core.tenancy import Tenant, tenant_scope
 from openprofile.engine.structure import Structure, to_observable_schema
 from openprofile.schemaregistry.service import XdmClass, class_of
 
@@ -69,9 +69,6 @@ def _dataset_from_row(conn: Connection, tenant: Tenant, row: Any) -> Dataset:
     )
 
 
-def _tenant_filter(table: sa.Table, tenant: Tenant) -> sa.ColumnElement[bool]:
-    return sa.and_(table.c.org_id == tenant.org_id, table.c.sandbox_id == tenant.sandbox_id)
-
 
 def _check_schema_ref(conn: Connection, tenant: Tenant, body: dict[str, Any]) -> None:
     ref = body.get("schemaRef")
@@ -113,7 +110,7 @@ def create_dataset(conn: Connection, tenant: Tenant, request: DataSetRequest) ->
 
 
 def get_dataset(conn: Connection, tenant: Tenant, dataset_id: str, *, lock: bool = False) -> Dataset:
-    query = sa.select(datasets).where(datasets.c.id == dataset_id, _tenant_filter(datasets, tenant))
+    query = sa.select(datasets).where(datasets.c.id == dataset_id, tenant_scope(datasets, tenant))
     if lock:
         query = query.with_for_update()
     row = conn.execute(query).first()
@@ -123,7 +120,7 @@ def get_dataset(conn: Connection, tenant: Tenant, dataset_id: str, *, lock: bool
 
 
 def find_datasets(conn: Connection, tenant: Tenant) -> list[Dataset]:
-    rows = conn.execute(sa.select(datasets).where(_tenant_filter(datasets, tenant)).order_by(datasets.c.created_ms))
+    rows = conn.execute(sa.select(datasets).where(tenant_scope(datasets, tenant)).order_by(datasets.c.created_ms))
     return [_dataset_from_row(conn, tenant, r) for r in rows]
 
 
@@ -163,7 +160,7 @@ def check_paging(limit: int | None, start: int | None) -> tuple[int, int]:
 
 def list_datasets(conn: Connection, tenant: Tenant, *, limit: int, start: int, order_by: str | None,
                   name: str | None = None) -> list[Dataset]:
-    query = sa.select(datasets).where(_tenant_filter(datasets, tenant))
+    query = sa.select(datasets).where(tenant_scope(datasets, tenant))
     if name is not None:
         query = query.where(datasets.c.name == name)
     rows = conn.execute(query.order_by(*_order(datasets, order_by, {"created", "updated", "name", "id"}))
@@ -285,7 +282,7 @@ def create_batch(conn: Connection, tenant: Tenant, dataset_id: str, *, input_for
 
 
 def get_batch(conn: Connection, tenant: Tenant, batch_id: str) -> Batch:
-    row = conn.execute(sa.select(batches).where(batches.c.id == batch_id, _tenant_filter(batches, tenant))).first()
+    row = conn.execute(sa.select(batches).where(batches.c.id == batch_id, tenant_scope(batches, tenant))).first()
     if row is None:
         raise NotFound(f"Batch '{batch_id}' was not found in this sandbox.")
     return _batch_from_row(tenant, row)
@@ -294,7 +291,7 @@ def get_batch(conn: Connection, tenant: Tenant, batch_id: str) -> Batch:
 def list_batches(conn: Connection, tenant: Tenant, *, limit: int, start: int, order_by: str | None,
                  dataset_id: str | None = None, status: str | None = None,
                  created_after: int | None = None, created_before: int | None = None) -> list[Batch]:
-    query = sa.select(batches).where(_tenant_filter(batches, tenant))
+    query = sa.select(batches).where(tenant_scope(batches, tenant))
     if dataset_id is not None:
         query = query.where(batches.c.dataset_id == dataset_id)
     if status is not None:
@@ -315,7 +312,7 @@ def set_batch_status(conn: Connection, tenant: Tenant, batch_id: str, *, expecte
     extra = {"completed_ms": now} if status in FINAL_BATCH_STATUSES else {}
     result = conn.execute(
         batches.update()
-        .where(batches.c.id == batch_id, _tenant_filter(batches, tenant), batches.c.status.in_(expected))
+        .where(batches.c.id == batch_id, tenant_scope(batches, tenant), batches.c.status.in_(expected))
         .values(status=status, updated_ms=now, **extra, **values)
     )
     return result.rowcount == 1
@@ -385,7 +382,7 @@ def _file_from_row(row: Any) -> BatchFile:
 
 def list_files(conn: Connection, tenant: Tenant, batch_id: str) -> list[BatchFile]:
     rows = conn.execute(
-        sa.select(batch_files).where(batch_files.c.batch_id == batch_id, _tenant_filter(batch_files, tenant))
+        sa.select(batch_files).where(batch_files.c.batch_id == batch_id, tenant_scope(batch_files, tenant))
         .order_by(batch_files.c.id)
     )
     return [_file_from_row(r) for r in rows]
@@ -395,7 +392,7 @@ def get_file(conn: Connection, tenant: Tenant, file_id: str) -> BatchFile:
     """A published file of a successful batch of this tenant (others are invisible)."""
     row = conn.execute(
         sa.select(batch_files).join(batches, batches.c.id == batch_files.c.batch_id)
-        .where(batch_files.c.id == file_id, _tenant_filter(batch_files, tenant), batches.c.status == "success")
+        .where(batch_files.c.id == file_id, tenant_scope(batch_files, tenant), batches.c.status == "success")
     ).first()
     if row is None:
         raise NotFound(f"Dataset file '{file_id}' was not found in this sandbox.")

@@ -64,6 +64,11 @@ class Sandbox:
         }
 
 
+def tenant_scope(table: sa.Table, tenant: Tenant) -> sa.ColumnElement[bool]:
+    """The WHERE clause every query on a tenant-owned table carries: this org and this sandbox only."""
+    return sa.and_(table.c.org_id == tenant.org_id, table.c.sandbox_id == tenant.sandbox_id)
+
+
 def check_org_id(org_id: str) -> None:
     if not ORG_ID_PATTERN.match(org_id):
         raise ValidationFailed(

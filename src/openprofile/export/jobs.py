@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from openprofile.core.clock import now_ms
 from openprofile.core.errors import NotFound
 from openprofile.core.tables import export_jobs
-from openprofile.core.tenancy import Tenant
+from openprofile.core.tenancy import Tenant, tenant_scope
 
 NEW, PROCESSING, SUCCEEDED, FAILED = "NEW", "PROCESSING", "SUCCEEDED", "FAILED"
 CANCELLING, CANCELLED = "CANCELLING", "CANCELLED"
@@ -53,10 +53,6 @@ class ExportJob:
         return [str(self.destination["batchId"])] if self.destination.get("batchId") else []
 
 
-def _tenant_filter(tenant: Tenant) -> sa.ColumnElement[bool]:
-    return sa.and_(export_jobs.c.org_id == tenant.org_id, export_jobs.c.sandbox_id == tenant.sandbox_id)
-
-
 def _from_row(tenant: Tenant, row: Any) -> ExportJob:
     return ExportJob(
         id=int(row.id), tenant=tenant, status=row.status, request=dict(row.request),
@@ -78,7 +74,8 @@ def insert(conn: Connection, tenant: Tenant, *, request: dict[str, Any], destina
 
 
 def get(conn: Connection, tenant: Tenant, job_id: int) -> ExportJob:
-    row = conn.execute(sa.select(export_jobs).where(export_jobs.c.id == job_id, _tenant_filter(tenant))).first()
+    query = sa.select(export_jobs).where(export_jobs.c.id == job_id, tenant_scope(export_jobs, tenant))
+    row = conn.execute(query).first()
     if row is None:
         raise NotFound(f"Export job '{job_id}' was not found in this sandbox.")
     return _from_row(tenant, row)
@@ -90,7 +87,7 @@ def transition(conn: Connection, job: ExportJob, to: str, **values: Any) -> bool
         return False
     result = conn.execute(
         export_jobs.update()
-        .where(export_jobs.c.id == job.id, _tenant_filter(job.tenant), export_jobs.c.status == job.status)
+        .where(export_jobs.c.id == job.id, tenant_scope(export_jobs, job.tenant), export_jobs.c.status == job.status)
         .values(status=to, updated_ms=now_ms(), **values)
     )
     return result.rowcount == 1
@@ -100,14 +97,14 @@ def record_progress(conn: Connection, job: ExportJob, progress: dict[str, int]) 
     """While PROCESSING, how far the job got (`metrics.progress`: profiles and files written so far)."""
     conn.execute(
         export_jobs.update()
-        .where(export_jobs.c.id == job.id, _tenant_filter(job.tenant), export_jobs.c.status == PROCESSING)
+        .where(export_jobs.c.id == job.id, tenant_scope(export_jobs, job.tenant), export_jobs.c.status == PROCESSING)
         .values(metrics={**job.metrics, "progress": progress}, updated_ms=now_ms())
     )
 
 
 def delete(conn: Connection, job: ExportJob) -> bool:
     result = conn.execute(export_jobs.delete().where(
-        export_jobs.c.id == job.id, _tenant_filter(job.tenant), export_jobs.c.status.in_(FINISHED)))
+        export_jobs.c.id == job.id, tenant_scope(export_jobs, job.tenant), export_jobs.c.status.in_(FINISHED)))
     return result.rowcount == 1
 
 
@@ -124,7 +121,7 @@ class PageQuery:
 def page(conn: Connection, tenant: Tenant, query: PageQuery) -> list[ExportJob]:
     """One page, newest first by default; the keyset makes walking pages stable under concurrent inserts."""
     created, ident = export_jobs.c.created_ms, export_jobs.c.id
-    stmt = sa.select(export_jobs).where(_tenant_filter(tenant))
+    stmt = sa.select(export_jobs).where(tenant_scope(export_jobs, tenant))
     if query.status:
         stmt = stmt.where(export_jobs.c.status == query.status)
     if query.sort_field == "updateTime":

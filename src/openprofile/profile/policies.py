@@ -56,7 +56,7 @@ from openprofile.core.clock import now_ms
 from openprofile.core.errors import BadRequest, FieldError, NotFound, PlatformError, ValidationFailed
 from openprofile.core.http import validate
 from openprofile.core.tables import merge_policies, merge_policy_versions, sandboxes
-from openprofile.core.tenancy import Sandbox, Tenant, find_sandbox
+from openprofile.core.tenancy import Sandbox, Tenant, find_sandbox, tenant_scope
 from openprofile.profile.policy_models import MergePolicyRequest
 
 PROFILE_SCHEMA = "_xdm.context.profile"
@@ -129,9 +129,6 @@ class PolicyPage:
 # --- reading ---------------------------------------------------------------------------------------------
 
 
-def _tenant_filter(table: sa.Table, tenant: Tenant) -> sa.ColumnElement[bool]:
-    return sa.and_(table.c.org_id == tenant.org_id, table.c.sandbox_id == tenant.sandbox_id)
-
 
 def _from_row(row: Any, policy_id: str) -> MergePolicy:
     return MergePolicy(
@@ -154,7 +151,7 @@ def sandbox_of(conn: Connection, tenant: Tenant) -> Sandbox:
 def _has_stored_default(conn: Connection, tenant: Tenant, schema_name: str) -> bool:
     return conn.execute(
         sa.select(merge_policies.c.id).where(
-            _tenant_filter(merge_policies, tenant), merge_policies.c.schema_name == schema_name,
+            tenant_scope(merge_policies, tenant), merge_policies.c.schema_name == schema_name,
             merge_policies.c.is_default == 1,
         )
     ).first() is not None
@@ -182,7 +179,7 @@ def _version_not_found(policy_id: str, version: int, latest: int) -> NotFound:
 
 def _current_row(conn: Connection, tenant: Tenant, policy_id: str) -> Any:
     return conn.execute(
-        sa.select(merge_policies).where(_tenant_filter(merge_policies, tenant), merge_policies.c.id == policy_id)
+        sa.select(merge_policies).where(tenant_scope(merge_policies, tenant), merge_policies.c.id == policy_id)
     ).first()
 
 
@@ -199,7 +196,7 @@ def get_merge_policy(conn: Connection, tenant: Tenant, policy_id: str, version: 
         return _from_row(row, policy_id)
     kept = conn.execute(
         sa.select(merge_policy_versions).where(
-            _tenant_filter(merge_policy_versions, tenant), merge_policy_versions.c.policy_id == policy_id,
+            tenant_scope(merge_policy_versions, tenant), merge_policy_versions.c.policy_id == policy_id,
             merge_policy_versions.c.version == version,
         )
     ).first()
@@ -216,7 +213,7 @@ def resolve_merge_policy(conn: Connection, tenant: Tenant, policy_id: str | None
     if policy_id is None:
         row = conn.execute(
             sa.select(merge_policies.c.id).where(
-                _tenant_filter(merge_policies, tenant), merge_policies.c.schema_name == PROFILE_SCHEMA,
+                tenant_scope(merge_policies, tenant), merge_policies.c.schema_name == PROFILE_SCHEMA,
                 merge_policies.c.is_default == 1,
             )
         ).first()
@@ -357,15 +354,15 @@ def list_merge_policies(conn: Connection, tenant: Tenant, query: ListQuery) -> P
     With `version`, each policy is listed as it was at that version, and policies without it are left out.
     """
     if query.version is None:
-        rows = conn.execute(sa.select(merge_policies).where(_tenant_filter(merge_policies, tenant))).all()
+        rows = conn.execute(sa.select(merge_policies).where(tenant_scope(merge_policies, tenant))).all()
         policies = [_from_row(r, r.id) for r in rows]
     else:
         rows = conn.execute(
             sa.select(merge_policy_versions).join(
                 merge_policies,
                 sa.and_(merge_policies.c.id == merge_policy_versions.c.policy_id,
-                        _tenant_filter(merge_policies, tenant)),
-            ).where(_tenant_filter(merge_policy_versions, tenant), merge_policy_versions.c.version == query.version)
+                        tenant_scope(merge_policies, tenant)),
+            ).where(tenant_scope(merge_policy_versions, tenant), merge_policy_versions.c.version == query.version)
         ).all()
         policies = [_from_row(r, r.policy_id) for r in rows]
     if query.version in (None, 1):
@@ -493,7 +490,7 @@ def _check_edge(conn: Connection, tenant: Tenant, policy: MergePolicy) -> None:
         return
     other = conn.execute(
         sa.select(merge_policies.c.id).where(
-            _tenant_filter(merge_policies, tenant), merge_policies.c.is_active_on_edge == 1,
+            tenant_scope(merge_policies, tenant), merge_policies.c.is_active_on_edge == 1,
             merge_policies.c.id != policy.id,
         )
     ).first()
@@ -520,7 +517,7 @@ def _keep_version(conn: Connection, tenant: Tenant, policy: MergePolicy) -> None
 
 
 def _update(conn: Connection, tenant: Tenant, policy: MergePolicy) -> None:
-    conn.execute(merge_policies.update().where(_tenant_filter(merge_policies, tenant),
+    conn.execute(merge_policies.update().where(tenant_scope(merge_policies, tenant),
                                                merge_policies.c.id == policy.id).values(**_columns(policy)))
     _keep_version(conn, tenant, policy)
 
@@ -531,7 +528,7 @@ def _undefault_others(conn: Connection, tenant: Tenant, policy: MergePolicy) -> 
         return
     rows = conn.execute(
         sa.select(merge_policies).where(
-            _tenant_filter(merge_policies, tenant), merge_policies.c.schema_name == policy.schema_name,
+            tenant_scope(merge_policies, tenant), merge_policies.c.schema_name == policy.schema_name,
             merge_policies.c.is_default == 1, merge_policies.c.id != policy.id,
         )
     ).all()
@@ -548,7 +545,7 @@ def create_merge_policy(conn: Connection, tenant: Tenant, request: MergePolicyRe
     policy = _policy_from_request(request, ids.new_uuid(), 1, now_ms())
     _check_order(conn, tenant, policy)
     count = conn.execute(
-        sa.select(sa.func.count()).select_from(merge_policies).where(_tenant_filter(merge_policies, tenant))
+        sa.select(sa.func.count()).select_from(merge_policies).where(tenant_scope(merge_policies, tenant))
     ).scalar_one()
     if count >= max_policies:
         raise BadRequest(
@@ -685,7 +682,7 @@ def delete_merge_policy(conn: Connection, tenant: Tenant, policy_id: str) -> Non
         raise Forbidden(
             f"Merge policy '{policy_id}' is active on edge and cannot be deleted; set isActiveOnEdge to false "
             "first.", fields=[FieldError("isActiveOnEdge", "an active-on-edge policy cannot be deleted")])
-    conn.execute(merge_policy_versions.delete().where(_tenant_filter(merge_policy_versions, tenant),
+    conn.execute(merge_policy_versions.delete().where(tenant_scope(merge_policy_versions, tenant),
                                                       merge_policy_versions.c.policy_id == policy_id))
-    conn.execute(merge_policies.delete().where(_tenant_filter(merge_policies, tenant),
+    conn.execute(merge_policies.delete().where(tenant_scope(merge_policies, tenant),
                                                merge_policies.c.id == policy_id))
