@@ -189,3 +189,14 @@ def test_batches_list_filters(api: Api) -> None:
     assert set(api.get(f"{CATALOG}/batches", params={"status": "failed"}).json()) == {bad["id"]}
     assert len(api.get(f"{CATALOG}/batches", params={"limit": 1, "orderBy": "desc:created"}).json()) == 1
     assert_error(api.get(f"{CATALOG}/batches", params={"status": "weird"}), 400, "status")
+
+
+def test_a_bad_namespace_code_is_a_row_error(api: Api) -> None:
+    dataset_id = create_dataset(api, "Events", schema_id=EVENT_CLASS)
+    good = event("ok", "1" * 38)
+    bad_ns = event("x", "1" * 38, identityMap={"my namespace!": [{"id": "a", "primary": True}]})
+    batch = ingest(api, dataset_id, [good, bad_ns, good | {"_id": "ok2"}])
+    assert batch["status"] == "failed"
+    error = batch["errors"][0]
+    assert error["rows"] == ["2"], error
+    assert "my namespace!" in error["description"] and "namespace code" in error["description"]

@@ -58,6 +58,7 @@ fails the batch (``ROW_VALIDATION``, the first 100 problems in ``rows``):
 - every class: a timestamp field above that is present but not a parseable date-time;
 - ``experienceevent``: ``_id`` missing or empty; ``timestamp`` missing; no identity;
 - ``profile``: no identity;
+- both: an ``identityMap`` namespace code that is not a letter followed by letters, digits, ``_ . -`` (at most 64);
 - ``profile`` and ``experienceevent``: an ``identityMap`` item without a non-empty ``id``
   (``identityMap.email[0] has no id``); more than one item with ``primary: true``.
 
@@ -185,6 +186,8 @@ _NO_TIMESTAMP = "ExperienceEvent record has no 'timestamp'"
 
 # Small row groups let a lookup read one profile's rows without reading much else (Parquet skips groups).
 ROW_GROUP_ROWS = 16_384
+# An identity namespace code: a letter, then letters, digits, `_ . -` (at most 64).
+_NAMESPACE = "[A-Za-z][A-Za-z0-9_.-]{0,63}"
 _BATCH_ROWS = 131_072
 _FILE_SHIFT = 1 << 40  # record keys are file index * _FILE_SHIFT + record number
 _MAX_JSON_OBJECT = 64 * 1024 * 1024
@@ -808,6 +811,12 @@ class _Run:
                              "lambda __i: coalesce(ascii(struct_extract(__i, 'id')) BETWEEN 33 AND 126, false))), "
                              "false)")
                 flags.append(f"coalesce({primaries}, 0) > 1")
+                # Namespace codes follow Identity Service's format.
+                helpers.append(f"list_filter(map_keys({im}), lambda __k: NOT regexp_full_match(__k, "
+                               f"{_lit(_NAMESPACE)}))[1] AS __bad_ns")
+                reasons.append("CASE WHEN __bad_ns IS NOT NULL THEN 'identityMap namespace ' || __bad_ns || "
+                               f"{_lit(' is not a valid namespace code (a letter, then letters, digits, _ . -)')} END")
+                flags.append("__bad_ns IS NOT NULL")
         if not reasons:
             return None
         if not full:
