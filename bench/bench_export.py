@@ -1,6 +1,7 @@
 """Benchmark: the profile export through the real HTTP API and worker, against its floor.
 
     python bench/bench_export.py --profiles 100000 [--events-per-profile 10] [--out bench/out]
+                                 [--reuse] [--repeat 3] [--no-events] [--no-check]
 
 Generates people with 3 record fragments over 2 datasets (`openprofile generate`), ingests them and their
 events through the batch-ingestion API of a real `openprofile serve` process, then measures, in one run:
@@ -10,14 +11,21 @@ events through the batch-ingestion API of a real `openprofile serve` process, th
 - **floor**: DuckDB reading the same fragment (and event) Parquet files of the lake and writing them back to
   Parquet unmerged, on the same number of threads — the cost of touching the data once.
 
-It reports wall and CPU seconds, the server's peak RSS, rows/s and the ratio to the floor, checks the export's
-row count against an independent count (union-find over the same identities, in Python), and writes JSON to
-`--out`. Only 127.0.0.1 is used; it stops by itself.
+It reports wall and CPU seconds (the server's for an export, this process's for the floor), the server's peak
+RSS during each export (its high-water mark is reset before each one), rows/s and the ratio to the floor, checks
+the export's row count against an independent count (union-find over the same identities, in Python), and
+writes JSON to `--out`. Only 127.0.0.1 is used; it stops by itself.
+
+Generated data is kept in `--out` and reused when it matches. `--reuse` also keeps the ingested data directory
+of an earlier run with the same `--profiles` (its dataset ids are in `bench-state.json`) and goes straight to the
+exports; `--repeat N` runs the floor and each export N times and reports the fastest run (every run is listed);
+`--no-events` skips the export with events, `--no-check` the independent row count.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform as host
@@ -111,7 +119,21 @@ def expected_profiles(record_files: list[str], event_files: list[str]) -> int:
     return len(primaries)
 
 
+def reset_peak(pid: int) -> None:
+    """Reset the process's peak RSS (VmHWM) to its current RSS, so the next reading is one export's peak."""
+    with contextlib.suppress(OSError):  # if not allowed, the peak covers the server's whole life
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest run, with every run's wall and CPU seconds."""
+    best = dict(min(runs, key=lambda r: r["wall_s"]))
+    best["runs"] = [{k: round(v, 3) for k, v in r.items() if k in ("wall_s", "cpu_s", "peak_rss_mib")} for r in runs]
+    return best
+
+
 def export(client: DemoClient, body: dict[str, Any], pid: int) -> dict[str, Any]:
+    reset_peak(pid)
     before = proc_stats(pid)
     started = time.perf_counter()
     job = client.call("POST", "/data/core/ups/export/jobs", json=body)
@@ -133,6 +155,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "out")
     parser.add_argument("--port", type=int, default=8790)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--reuse", action="store_true", help="reuse the ingested data of an earlier run")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of the floor and of each export")
+    parser.add_argument("--no-events", action="store_true", help="skip the export with an event list")
+    parser.add_argument("--no-check", action="store_true", help="skip the independent row count")
     args = parser.parse_args()
 
     from openprofile.core.platform import Platform
@@ -147,30 +173,42 @@ def main() -> None:
         generate_dataset(gen_dir, args.profiles, seed=11, events_per_profile=args.events_per_profile,
                          fragments_per_profile=3)
     generated = json.loads((gen_dir / "manifest.json").read_text())
-    shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.mkdir(parents=True)
-    platform = Platform.open(Settings(data_dir=data_dir))
-    with platform.engine.begin() as conn:
-        add_credentials(conn, ORG, CLIENT_ID, CLIENT_SECRET)
-    platform.close()
+    state_file = data_dir / "bench-state.json"
+    reuse = (args.reuse and state_file.exists()
+             and json.loads(state_file.read_text()).get("events_per_profile") == args.events_per_profile)
+    if not reuse:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        data_dir.mkdir(parents=True)
+        platform = Platform.open(Settings(data_dir=data_dir))
+        with platform.engine.begin() as conn:
+            add_credentials(conn, ORG, CLIENT_ID, CLIENT_SECRET)
+        platform.close()
     results: dict[str, Any] = {"profiles": args.profiles, "events_per_profile": args.events_per_profile,
                                "machine": f"{host.machine()}, {os.cpu_count()} cores, {host.platform()}",
-                               "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+                               "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+                               "load_average_before": os.getloadavg()}
+    repeat = max(1, args.repeat)
     with running_server(data_dir, args.port) as base_url:
         client = DemoClient(base_url)
         pid = server_pid(args.port)
-        datasets = {"crm": client.create_dataset("crm", PROFILE_CLASS),
-                    "loyalty": client.create_dataset("loyalty", PROFILE_CLASS),
-                    "events": client.create_dataset("events", EVENT_CLASS)}
-        started = time.perf_counter()
-        records = 0
-        for name, dataset_id in datasets.items():
-            files = [gen_dir / f["path"] for f in generated["datasets"][name]["files"]]
-            batch = client.ingest_files(dataset_id, files)
-            records += int(batch["metrics"]["recordsWritten"])
-        wait_store(data_dir)
-        ingest_wall = time.perf_counter() - started
-        results["ingest"] = {"records": records, "wall_s": ingest_wall, "records_per_s": records / ingest_wall}
+        if reuse:
+            state = json.loads(state_file.read_text())
+            datasets, results["ingest"] = state["datasets"], state["ingest"]
+        else:
+            datasets = {"crm": client.create_dataset("crm", PROFILE_CLASS),
+                        "loyalty": client.create_dataset("loyalty", PROFILE_CLASS),
+                        "events": client.create_dataset("events", EVENT_CLASS)}
+            started = time.perf_counter()
+            records = 0
+            for name, dataset_id in datasets.items():
+                files = [gen_dir / f["path"] for f in generated["datasets"][name]["files"]]
+                batch = client.ingest_files(dataset_id, files)
+                records += int(batch["metrics"]["recordsWritten"])
+            wait_store(data_dir)
+            ingest_wall = time.perf_counter() - started
+            results["ingest"] = {"records": records, "wall_s": ingest_wall, "records_per_s": records / ingest_wall}
+            state_file.write_text(json.dumps({"datasets": datasets, "ingest": results["ingest"],
+                                                      "events_per_profile": args.events_per_profile}))
         policy = client.call("POST", "/data/core/ups/config/mergePolicies", json={
             "name": "bench pdg", "schema": {"name": "_xdm.context.profile"}, "identityGraph": {"type": "pdg"},
             "attributeMerge": {"type": "timestampOrdered"}})
@@ -179,21 +217,27 @@ def main() -> None:
                 "schema": {"name": "_xdm.context.profile"}}
         record_files = lake_files(data_dir, datasets["crm"]) + lake_files(data_dir, datasets["loyalty"])
         event_files = lake_files(data_dir, datasets["events"])
-        results["floor"] = floor(record_files, out / "floor", args.threads)
-        results["export"] = export(client, body, pid)
-        results["floor_events"] = floor(record_files + event_files, out / "floor", args.threads)
-        results["export_events"] = export(client, {**body, "additionalFields": {"eventList": {}}}, pid)
-    results["expected_rows"] = expected_profiles(record_files, event_files)
-    for key in ("export", "export_events"):
+        results["floor"] = best_of([floor(record_files, out / "floor", args.threads) for _ in range(repeat)])
+        results["export"] = best_of([export(client, body, pid) for _ in range(repeat)])
+        if not args.no_events:
+            results["floor_events"] = best_of([floor(record_files + event_files, out / "floor", args.threads)
+                                               for _ in range(repeat)])
+            events_body = {**body, "additionalFields": {"eventList": {}}}
+            results["export_events"] = best_of([export(client, events_body, pid) for _ in range(repeat)])
+    keys = ["export"] if args.no_events else ["export", "export_events"]
+    for key, floor_key in zip(keys, ["floor", "floor_events"], strict=False):
         results[key].pop("job")
-    results["export"]["ratio_to_floor"] = results["export"]["wall_s"] / results["floor"]["wall_s"]
-    results["export_events"]["ratio_to_floor"] = results["export_events"]["wall_s"] / results["floor_events"]["wall_s"]
-    results["correct"] = results["export"]["rows"] == results["expected_rows"] == results["export_events"]["rows"]
+        results[key]["ratio_to_floor"] = results[key]["wall_s"] / results[floor_key]["wall_s"]
+    rows = {results[key]["rows"] for key in keys}
+    if not args.no_check:
+        results["expected_rows"] = expected_profiles(record_files, event_files)
+        results["correct"] = rows == {results["expected_rows"]}
+    else:
+        results["correct"] = len(rows) == 1
     (out / f"export-{args.profiles}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     if not results["correct"]:
-        exported, expected = results["export"]["rows"], results["expected_rows"]
-        raise SystemExit(f"wrong answer: exported {exported} rows, expected {expected}")
+        raise SystemExit(f"wrong answer: exported {sorted(rows)} rows, expected {results.get('expected_rows')}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ identity's XID. A cluster over the size limit answers 422 "Too many related iden
 
 from __future__ import annotations
 
+import itertools
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -31,18 +33,54 @@ from openprofile.profile.policies import MergePolicy
 
 PROFILE_SCHEMA = "_xdm.context.profile"
 EVENT_SCHEMA = "_xdm.context.experienceevent"
+MAX_PREPARED = 16  # lookup statements kept per thread (per store generation, policy and projection)
 _local = threading.local()
+_database_lock = threading.Lock()
+_database: duckdb.DuckDBPyConnection | None = None
+
+
+def _shared_database() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB for every lookup thread, so the Parquet metadata cache (store and lake files are
+    immutable) and the buffer pool are shared; each query runs on its caller's thread."""
+    global _database
+    with _database_lock:
+        if _database is None:
+            database = duckdb.connect()
+            database.execute("SET threads = 1")
+            database.execute("SET parquet_metadata_cache = true")
+            database.execute("SET preserve_insertion_order = false")
+            _database = database
+        return _database
+
+
+@dataclass
+class _Session:
+    """A thread's DuckDB connection and the lookup statements it has prepared."""
+
+    conn: duckdb.DuckDBPyConnection
+    prepared: OrderedDict[tuple[Any, ...], _Prepared] = field(default_factory=OrderedDict)
+    names: itertools.count[int] = field(default_factory=itertools.count)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    name: str
+    row_types: list[str]
+    structure: Structure
+    paths: list[str] | None
+
+
+def _session() -> _Session:
+    session: _Session | None = getattr(_local, "session", None)
+    if session is None:
+        session = _Session(_shared_database().cursor())
+        _local.session = session
+    return session
 
 
 def _duck() -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection per thread, with Parquet metadata cached between lookups."""
-    conn: duckdb.DuckDBPyConnection | None = getattr(_local, "conn", None)
-    if conn is None:
-        conn = duckdb.connect()
-        conn.execute("SET enable_object_cache = true")
-        conn.execute("SET threads = 1")
-        _local.conn = conn
-    return conn
+    """This thread's DuckDB connection."""
+    return _session().conn
 
 
 def access_error(error: PlatformError) -> PlatformError:
@@ -136,23 +174,48 @@ def parse_and_check_fields(fields: str | list[str] | None, structure: Structure,
     return paths
 
 
+def _lookup_statement(session: _Session, snapshot: store.StoreSnapshot, datasets: dict[str, DatasetFiles],
+                      rule: MergeRule, paths: list[str] | None) -> _Prepared:
+    """The merge of one group's fragments (given as parameters) and its projection, prepared once per store
+    generation, datasets, merge rule and projection on this thread's connection."""
+    key = (str(snapshot.view.files.root), snapshot.manifest.generation, tuple(datasets), rule,
+           None if paths is None else tuple(paths))
+    found = session.prepared.get(key)
+    if found is not None:
+        session.prepared.move_to_end(key)
+        return found
+    sources, row_types = plans.parameter_sources(datasets)
+    structure = profile_structure(sources)
+    if paths is not None:  # a path the policy's datasets do not have is simply absent
+        paths = [p for p in paths if _known(p, structure)]
+    projection = ", ".join(project_sql(paths, structure, source="m")) or "NULL AS \"__none\""
+    name = f"__op_lookup_{next(session.names)}"
+    session.conn.execute(f"PREPARE {name} AS SELECT {projection}, m._sources, m._tags, m._last_modified_ms "
+                         f"FROM ({merge_sql(sources, rule)}) m")
+    prepared = _Prepared(name, row_types, structure, paths)
+    session.prepared[key] = prepared
+    while len(session.prepared) > MAX_PREPARED:
+        _, evicted = session.prepared.popitem(last=False)
+        session.conn.execute(f"DEALLOCATE {evicted.name}")
+    return prepared
+
+
 def merged_entity(platform: Platform, snapshot: store.StoreSnapshot, policy: MergePolicy, profile: Profile,
                   paths: list[str] | None) -> dict[str, Any] | None:
     """The merged, projected entity of one profile with its envelope fields, or None without fragments."""
     datasets = _record_datasets(snapshot, policy)
     if not datasets:
         return None
-    sources = plans.profile_fragments(_duck(), snapshot.view, datasets, [m[0] for m in profile.members],
-                                      profile.group)
-    if not sources:
+    session = _session()
+    hits = plans.fragment_hits(session.conn, snapshot.view, datasets, [m[0] for m in profile.members])
+    if not any(hits):
         return None
-    structure = profile_structure(sources)
-    if paths is not None:  # a field only datasets without this profile's fragments have is simply absent
-        paths = [p for p in paths if _known(p, structure)]
-    projection = ", ".join(project_sql(paths, structure, source="m")) or "NULL AS \"__none\""
-    sql = (f"SELECT {projection}, m._sources, m._tags, m._last_modified_ms "
-           f"FROM ({merge_sql(sources, merge_rule(policy))}) m")
-    table = _duck().sql(sql).to_arrow_table()
+    statement = _lookup_statement(session, snapshot, datasets, merge_rule(policy), paths)
+    variable = "__op_fragments_"
+    script = plans.fetch_sql(snapshot.view, datasets, statement.row_types, hits, profile.group, variable)
+    arguments = ", ".join(f"getvariable('{variable}{n}')" for n in range(len(datasets)))
+    script.append(f"EXECUTE {statement.name}({arguments})")
+    table = session.conn.sql(";\n".join(script)).to_arrow_table()
     if table.num_rows == 0:
         return None
     row = table.to_pylist()[0]
