@@ -21,7 +21,7 @@ from openprofile.core.errors import BadRequest, FieldError, NotFound, Validation
 from openprofile.core.jsonpatch import apply_patch
 from openprofile.core.tables import batch_files, batches, datasets
 from openprofile.core.tenancy import Tenant, tenant_scope
-from openprofile.engine.structure import Structure, to_observable_schema
+from openprofile.engine.structure import Structure, StructureConflict, merge_structures, to_observable_schema
 from openprofile.schemaregistry.service import XdmClass, class_of
 
 BATCH_STATUSES = ("loading", "staging", "processing", "success", "failed", "aborted")
@@ -122,6 +122,23 @@ def get_dataset(conn: Connection, tenant: Tenant, dataset_id: str, *, lock: bool
 def find_datasets(conn: Connection, tenant: Tenant) -> list[Dataset]:
     rows = conn.execute(sa.select(datasets).where(tenant_scope(datasets, tenant)).order_by(datasets.c.created_ms))
     return [_dataset_from_row(conn, tenant, r) for r in rows]
+
+
+def union_structure(conn: Connection, tenant: Tenant, class_id: str, base: Structure | None = None) -> Structure:
+    """The fields of every profile-enabled dataset of an XDM class (its union view), over `base`.
+
+    A column whose type conflicts between datasets keeps the type it was first seen with."""
+    merged: Structure = dict(base or {})
+    for dataset in find_datasets(conn, tenant):
+        if (dataset.xdm_class is None or dataset.xdm_class.id != class_id or not dataset.profile_enabled
+                or not dataset.structure):
+            continue
+        for name, node in dataset.structure.items():
+            try:
+                merged = merge_structures(merged, {name: node})
+            except StructureConflict:
+                continue
+    return merged
 
 
 def _order(table: sa.Table, order_by: str | None, allowed: set[str]) -> list[Any]:

@@ -20,7 +20,7 @@ from openprofile.core.queue import enqueue
 from openprofile.core.tenancy import Tenant
 from openprofile.engine.fields import UnknownField, check_fields, parse_fields
 from openprofile.engine.merge import FragmentSource, profile_structure
-from openprofile.engine.structure import Structure, merge_structures
+from openprofile.engine.structure import Structure
 from openprofile.export import jobs
 from openprofile.export.models import CreateExportJobRequest
 from openprofile.profile.policies import resolve_merge_policy
@@ -33,23 +33,13 @@ DEFAULT_LIMIT = 50
 _OFFSET = re.compile(r"^(\d{1,15})_(\d{1,18})$")
 
 
-def _class_structure(conn: Connection, tenant: Tenant, class_id: str) -> Structure:
-    """The union of the observed structures of the profile-enabled datasets of a class."""
-    merged: Structure = {}
-    for dataset in catalog.find_datasets(conn, tenant):
-        if (dataset.profile_enabled and dataset.structure and dataset.xdm_class is not None
-                and dataset.xdm_class.id == class_id):
-            merged = merge_structures(merged, dataset.structure)
-    return merged
-
-
 def profile_fields(conn: Connection, tenant: Tenant) -> Structure:
     """What export `fields` may name: the profile union's fields plus `identities`."""
-    return profile_structure([FragmentSource("union", "", _class_structure(conn, tenant, PROFILE_CLASS))])
+    return profile_structure([FragmentSource("union", "", catalog.union_structure(conn, tenant, PROFILE_CLASS))])
 
 
 def event_fields(conn: Connection, tenant: Tenant) -> Structure:
-    return _class_structure(conn, tenant, EVENT_CLASS)
+    return catalog.union_structure(conn, tenant, EVENT_CLASS)
 
 
 def _check_paths(value: str | None, structure: Structure, pointer: str) -> None:

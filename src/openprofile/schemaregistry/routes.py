@@ -12,7 +12,7 @@ from openprofile.catalog import service as catalog
 from openprofile.core.http import check_json_content_type, parse_json_bytes
 from openprofile.core.platform import Platform, current_tenant, get_platform
 from openprofile.core.tenancy import Tenant
-from openprofile.engine.structure import Structure, StructureConflict, merge_structures, to_observable_schema
+from openprofile.engine.structure import Structure, to_observable_schema
 from openprofile.schemaregistry import service
 from openprofile.schemaregistry.service import PROFILE_CLASS, UNIONS, XdmClass
 
@@ -75,20 +75,11 @@ def delete_schema(schema_id: str, tenant: Tenant = Depends(current_tenant),
 
 
 def _union_structure(platform: Platform, tenant: Tenant, xdm_class: XdmClass) -> tuple[Structure, list[str]]:
-    """The fields of every profile-enabled dataset of the class; a conflicting field keeps its first type."""
-    merged: Structure = dict(PROFILE_SYSTEM_FIELDS) if xdm_class.id == PROFILE_CLASS else {}
+    """The fields of every profile-enabled dataset of the class (plus the profile's system fields)."""
+    base = PROFILE_SYSTEM_FIELDS if xdm_class.id == PROFILE_CLASS else {}
     with platform.engine.connect() as conn:
-        members = service.union_schemas(conn, tenant, xdm_class.id)
-        for dataset in catalog.find_datasets(conn, tenant):
-            if (dataset.xdm_class is None or dataset.xdm_class.id != xdm_class.id or not dataset.profile_enabled
-                    or not dataset.structure):
-                continue
-            for name, node in dataset.structure.items():
-                try:
-                    merged = merge_structures(merged, {name: node})
-                except StructureConflict:
-                    continue
-    return merged, members
+        return catalog.union_structure(conn, tenant, xdm_class.id, base), service.union_schemas(conn, tenant,
+                                                                                                  xdm_class.id)
 
 
 def _union_summary(union_id: str, xdm_class: XdmClass) -> dict[str, Any]:
