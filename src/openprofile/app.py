@@ -27,6 +27,7 @@ from openprofile.profile import store as profile_store
 from openprofile.profile.access_routes import router as profile_access_router
 from openprofile.profile.policy_routes import router as merge_policies_router
 from openprofile.schemaregistry.routes import router as schema_router
+from openprofile.segmentation.routes import router as segmentation_router
 
 
 def job_handlers(platform: Platform) -> dict[str, Handler]:
@@ -70,6 +71,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     install_error_handlers(app)
     for router in (gateway_router, catalog_router, ingest_router, access_router, schema_router,
-                   merge_policies_router, profile_access_router, export_router):
+                   merge_policies_router, profile_access_router, export_router, segmentation_router):
         app.include_router(router)
     return app

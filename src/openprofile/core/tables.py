@@ -238,3 +238,18 @@ export_jobs = Table(
     Column("updated_ms", BigInteger, nullable=False),
     Index("ix_export_jobs_tenant_page", "org_id", "sandbox_id", "created_ms", "id"),
 )
+
+# --- segmentation ---------------------------------------------------------------------------------------------
+
+segment_definitions = Table(
+    "segment_definitions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("name", String(512), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    UniqueConstraint("org_id", "sandbox_id", "name", name="uq_segment_definitions_name"),
+)
