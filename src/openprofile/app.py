@@ -27,6 +27,9 @@ from openprofile.profile import store as profile_store
 from openprofile.profile.access_routes import router as profile_access_router
 from openprofile.profile.policy_routes import router as merge_policies_router
 from openprofile.schemaregistry.routes import router as schema_router
+from openprofile.segmentation import jobs as segment_jobs
+from openprofile.segmentation import runner as segment_runner
+from openprofile.segmentation.job_routes import router as segment_jobs_router
 from openprofile.segmentation.routes import router as segmentation_router
 
 
@@ -36,6 +39,7 @@ def job_handlers(platform: Platform) -> dict[str, Handler]:
         ingest.JOB_KIND: ingest.handler(platform),
         profile_store.JOB_KIND: profile_store.handler(platform),
         export_service.JOB_KIND: export_runner.handler(platform),
+        segment_jobs.JOB_KIND: segment_runner.handler(platform),
     }
 
 
@@ -71,6 +75,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     install_error_handlers(app)
     for router in (gateway_router, catalog_router, ingest_router, access_router, schema_router,
-                   merge_policies_router, profile_access_router, export_router, segmentation_router):
+                   merge_policies_router, profile_access_router, export_router, segmentation_router,
+                   segment_jobs_router):
         app.include_router(router)
     return app

@@ -253,3 +253,19 @@ segment_definitions = Table(
     Column("updated_ms", BigInteger, nullable=False),
     UniqueConstraint("org_id", "sandbox_id", "name", name="uq_segment_definitions_name"),
 )
+
+segment_jobs = Table(
+    "segment_jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("segments", JSON, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("errors", JSON, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index("ix_segment_jobs_tenant_page", "org_id", "sandbox_id", "created_ms", "id"),
+)

@@ -1,0 +1,297 @@
+"""The segment job worker: evaluates a job's segments over merged profiles and publishes memberships.
+
+Claimed from the durable queue (`segment.run`). Under the tenant's segmentation lock it applies pending
+profile-store batches, then for each merge policy the job uses it materialises the merged profiles once
+(a DuckDB temp table with `xEvent`), evaluates the policy's segments in `inSegment` dependency order at
+one evaluation instant (a reference to a segment evaluated in the same job reads that job's qualified set,
+any other reference the current membership), and writes the policy's next membership file
+(`segmentation/membership.py`). The files become current only when the job moves to `SUCCEEDED`: the
+compare-and-set and the pointer switches happen in one metadata transaction, so a job cancelled while it
+ran publishes nothing. A re-run after a crash starts again from the previous membership.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from openprofile.core.clock import now_ms
+from openprofile.core.errors import NotFound
+from openprofile.core.locks import named_lock
+from openprofile.core.platform import Platform
+from openprofile.core.queue import ClaimedJob, Handler
+from openprofile.engine import profiles as plans
+from openprofile.engine import segments as sql
+from openprofile.engine.export import event_relations, with_cluster_identities
+from openprofile.engine.merge import MergeRule, merge_sql, merged_structure
+from openprofile.engine.pql import Expression, PQLError, check, parse, sql_string, timestamp_sql, to_sql
+from openprofile.engine.profile_store import connect
+from openprofile.engine.structure import Structure, merge_structures
+from openprofile.profile import store as profile_store
+from openprofile.profile.policies import MergePolicy, resolve_merge_policy
+from openprofile.segmentation import definitions, jobs, membership
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """The job was cancelled (or deleted) while it ran."""
+
+
+class SegmentError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _metric(start: int, end: int) -> dict[str, int]:
+    return {"startTimeInMs": start, "endTimeInMs": end, "totalTimeInMs": end - start}
+
+
+def _quote_path(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _ordered(segments: list[dict[str, Any]], compiled: dict[str, Expression]) -> list[dict[str, Any]]:
+    """Segments with every `inSegment` reference to another segment of the list before the segment itself."""
+    by_id = {s["segmentId"]: s for s in segments}
+    done: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def visit(segment_id: str, path: tuple[str, ...]) -> None:
+        if segment_id in seen or segment_id in path:
+            return
+        for ref in sorted(compiled[segment_id].segment_refs):
+            if ref in by_id:
+                visit(ref, (*path, segment_id))
+        seen.add(segment_id)
+        done.append(by_id[segment_id])
+
+    for segment in segments:
+        visit(segment["segmentId"], ())
+    return done
+
+
+def _check_running(platform: Platform, job: jobs.SegmentJob) -> None:
+    with platform.engine.connect() as conn:
+        try:
+            current = jobs.get(conn, job.tenant, job.id)
+        except NotFound:
+            raise Cancelled from None
+    if current.status != jobs.PROCESSING:
+        raise Cancelled
+
+
+def _profiles_table(duck: duckdb.DuckDBPyConnection, platform: Platform, snapshot: profile_store.StoreSnapshot,
+                    policy: MergePolicy, unions: tuple[Structure, Structure]) -> int:
+    """Materialise the policy's merged profiles (with `xEvent`) as `__profiles`; returns how many there are."""
+    rule = MergeRule(policy.attribute_merge, tuple(policy.order))
+    stitched = policy.identity_graph == "pdg"
+    identities = snapshot.path(snapshot.manifest.identities) if snapshot.manifest.identities else None
+    limit = platform.settings.max_graph_identities
+    records = {d: f for d, f in snapshot.record_datasets().items() if rule.includes(d)}
+    sources = plans.fragment_sources(snapshot.view, records, stitched=stitched, identities=identities,
+                                     max_cluster_size=limit)
+    merged: str | None = None
+    if sources:
+        merged = merge_sql(sources, rule)
+        if stitched and snapshot.manifest.members:
+            merged = with_cluster_identities(merged, snapshot.path(snapshot.manifest.members))
+    entries = list(snapshot.event_datasets().values())
+    stored_events: Structure = {}
+    for entry in entries:
+        stored_events = merge_structures(stored_events, entry.structure)
+    relations = event_relations(snapshot.view.lake_root, snapshot.view.files, entries, stitched=stitched,
+                                identities=identities, max_cluster_size=limit) if entries else []
+    select = sql.profiles_sql(merged, merged_structure(sources) if sources else {}, unions[0], relations,
+                              stored_events, unions[1])
+    duck.execute(f"CREATE OR REPLACE TEMP TABLE __profiles AS {select}")
+    row = duck.execute("SELECT count(*) FROM __profiles").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _evaluate_policy(duck: duckdb.DuckDBPyConnection, platform: Platform, job: jobs.SegmentJob,
+                     policy: MergePolicy, segments: list[dict[str, Any]], compiled: dict[str, Expression],
+                     now_sql: str, metrics: dict[str, Any]) -> Path:
+    """Evaluate one policy's segments over `__profiles`; write (not publish) its next membership file."""
+    previous = membership.current_memberships(platform, job.tenant, policy.id)
+    source = f"read_parquet({_quote_path(previous)})" if previous else f"({sql.empty_membership_sql()})"
+    duck.execute(f"CREATE OR REPLACE TEMP TABLE __prev AS SELECT _group, segment_id, status, "
+                 f"CAST(last_qualification AS TIMESTAMPTZ) AS last_qualification FROM {source}")
+    tables: dict[str, str] = {}
+    for number, segment in enumerate(_ordered(segments, compiled)):
+        _check_running(platform, job)
+        segment_id = segment["segmentId"]
+        expression = compiled[segment_id]
+        relations = {ref: tables.get(ref, sql.active_members_sql("__prev", ref)) for ref in expression.segment_refs}
+        joins = sql.InSegmentJoins(relations)
+        condition = to_sql(expression, now_sql=now_sql, in_segment_sql=joins)
+        table = f"__q_{number}"
+        duck.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql.qualified_sql('__profiles', condition, joins)}")
+        tables[segment_id] = table
+        counts = duck.execute(f"SELECT coalesce(__ns, ''), count(*) FROM {table} GROUP BY 1").fetchall()
+        metrics["segmentedProfileCounter"][segment_id] = sum(int(c) for _, c in counts)
+        metrics["segmentedProfileByNamespaceCounter"][segment_id] = {str(ns): int(c) for ns, c in counts}
+    qualified = " UNION ALL ".join(f"SELECT _group, {sql_string(segment_id)} AS segment_id FROM {table}"
+                                   for segment_id, table in tables.items())
+    duck.execute(f"CREATE OR REPLACE TEMP TABLE __qualified AS {qualified}")
+    path = membership.write(duck, platform, job.tenant, policy.id,
+                            sql.next_membership_sql("__prev", "__qualified", list(tables), now_sql))
+    rows = duck.execute(
+        f"SELECT segment_id, status, count(*) FROM read_parquet({_quote_path(path)}) "
+        f"WHERE status <> 'exited' OR last_qualification = {now_sql} GROUP BY ALL").fetchall()
+    by_status: dict[str, Counter[str]] = {s: Counter() for s in tables}
+    for segment_id, status, count in rows:
+        if segment_id in by_status:
+            by_status[segment_id][str(status)] += int(count)
+    for segment_id, counter in by_status.items():
+        metrics["segmentedProfileByStatusCounter"][segment_id] = {
+            s: counter.get(s, 0) for s in ("realized", "existing", "exited")}
+    duck.execute("DROP TABLE IF EXISTS __qualified")
+    for table in tables.values():
+        duck.execute(f"DROP TABLE IF EXISTS {table}")
+    return path
+
+
+def _execute(platform: Platform, job: jobs.SegmentJob) -> tuple[dict[str, Any], list[Path]]:
+    tenant = job.tenant
+    started = now_ms()
+    profile_store.apply_pending(platform, tenant)  # the job sees every batch ingested before it ran
+    snapshot = profile_store.snapshot(platform, tenant)
+    now = dt.datetime.now(dt.UTC)
+    now_sql = timestamp_sql(now)
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    with platform.engine.connect() as conn:
+        unions = definitions.structures(conn, tenant)
+        compiled: dict[str, Expression] = {}
+        for segment in job.segments:
+            text = str(segment["segment"]["expression"]["value"])
+            try:
+                compiled[segment["segmentId"]] = check(parse(text), *unions)
+            except PQLError as error:
+                raise SegmentError("SEGMENT_EXPRESSION_INVALID",
+                                   f"Segment '{segment['segmentId']}' no longer compiles: {error.message}") from None
+            ref = segment["segment"]["mergePolicy"]
+            groups.setdefault((str(ref["id"]), int(ref["version"])), []).append(segment)
+        policies = {key: resolve_merge_policy(conn, tenant, key[0], key[1]) for key in groups}
+    metrics: dict[str, Any] = {"totalProfiles": 0, "segmentedProfileCounter": {},
+                               "segmentedProfileByNamespaceCounter": {}, "segmentedProfileByStatusCounter": {},
+                               "totalProfilesByMergePolicy": {}}
+    written: list[Path] = []
+    duck = connect(platform.settings.engine_threads, None, platform.settings.data_dir / "tmp" / "duckdb")
+    try:
+        for key, segments in groups.items():
+            policy = policies[key]
+            count = _profiles_table(duck, platform, snapshot, policy, unions)
+            metrics["totalProfilesByMergePolicy"][policy.id] = count
+            metrics["totalProfiles"] = max(metrics["totalProfiles"], count)
+            written.append(_evaluate_policy(duck, platform, job, policy, segments, compiled, now_sql, metrics))
+            duck.execute("DROP TABLE IF EXISTS __profiles")
+    except BaseException:
+        for path in written:
+            membership.discard(path)
+        raise
+    finally:
+        duck.close()
+    finished = now_ms()
+    metrics["profileSegmentationTime"] = _metric(started, finished)
+    return metrics, written
+
+
+def run(platform: Platform, claimed: ClaimedJob) -> None:
+    tenant = claimed.tenant
+    with platform.engine.begin() as conn:
+        try:
+            job = jobs.get(conn, tenant, str(claimed.payload["jobId"]))
+        except NotFound:
+            return
+        if job.status == jobs.CANCELLING:
+            jobs.transition(conn, job, jobs.CANCELLED)
+            return
+        if job.status not in (jobs.NEW, jobs.QUEUED, jobs.PROCESSING) or not jobs.transition(conn, job,
+                                                                                             jobs.PROCESSING):
+            return
+    lock_dir = platform.settings.data_dir / "locks"
+    with named_lock(platform.engine, lock_dir, f"segments:{tenant.org_id}:{tenant.sandbox_id}"):
+        reloaded = _reload(platform, job)
+        if reloaded is None:
+            return
+        job = reloaded
+        written: list[Path] = []
+        try:
+            metrics, written = _execute(platform, job)
+            _succeed(platform, job, metrics, written)
+        except Cancelled:
+            for path in written:
+                membership.discard(path)
+            _settle_cancel(platform, job)
+        except SegmentError as error:
+            _fail(platform, job, error.code, error.message)
+        except (duckdb.Error, OSError) as error:
+            _fail(platform, job, "SEGMENT_EVALUATION_FAILED", f"The evaluation stopped: {error}")
+
+
+def _reload(platform: Platform, job: jobs.SegmentJob) -> jobs.SegmentJob | None:
+    with platform.engine.connect() as conn:
+        try:
+            return jobs.get(conn, job.tenant, job.id)
+        except NotFound:
+            return None
+
+
+def _succeed(platform: Platform, job: jobs.SegmentJob, metrics: dict[str, Any], written: list[Path]) -> None:
+    with platform.engine.begin() as conn:
+        try:
+            current = jobs.get(conn, job.tenant, job.id)
+        except NotFound:
+            raise Cancelled from None
+        finished = now_ms()
+        metrics = {**metrics, "totalTime": _metric(current.created_ms, finished)}
+        if current.status != jobs.PROCESSING or not jobs.transition(conn, current, jobs.SUCCEEDED, metrics=metrics):
+            raise Cancelled
+        for path in written:  # inside the transaction: a failure here rolls the job back to PROCESSING
+            membership.publish(path)
+
+
+def _settle_cancel(platform: Platform, job: jobs.SegmentJob) -> None:
+    with platform.engine.begin() as conn:
+        try:
+            current = jobs.get(conn, job.tenant, job.id)
+        except NotFound:
+            return
+        if current.status == jobs.PROCESSING:  # moved on by someone else: nothing to settle
+            return
+        if current.status == jobs.CANCELLING:
+            jobs.transition(conn, current, jobs.CANCELLED)
+
+
+def _fail(platform: Platform, job: jobs.SegmentJob, code: str, message: str) -> None:
+    log.warning("segment job %s failed: %s", job.id, message)
+    with platform.engine.begin() as conn:
+        try:
+            current = jobs.get(conn, job.tenant, job.id)
+        except NotFound:
+            return
+        if current.status == jobs.CANCELLING:
+            jobs.transition(conn, current, jobs.CANCELLED)
+        else:
+            jobs.transition(conn, current, jobs.FAILED, errors=[{"code": code, "msg": message, "callStack": ""}])
+
+
+def give_up(platform: Platform, claimed: ClaimedJob, reason: str) -> None:
+    with platform.engine.connect() as conn:
+        try:
+            job = jobs.get(conn, claimed.tenant, str(claimed.payload["jobId"]))
+        except NotFound:
+            return
+    _fail(platform, job, "SEGMENT_ABORTED", f"The segment job could not finish: {reason}")
+
+
+def handler(platform: Platform) -> Handler:
+    return Handler(run=lambda job: run(platform, job), give_up=lambda job, reason: give_up(platform, job, reason))
