@@ -413,14 +413,13 @@ APPLY_FUNCTIONS: dict[str, str] = {
     "startsWith": "", "endsWith": "", "contains": "", "equals": "",
     "notEqualTo": "", "doesNotStartWith": "", "doesNotEndWith": "", "doesNotContain": "",
     "like": "", "matches": "regular expression found in the string",
-    # lists and maps
-    "in": "args[0] equals one of args[1:]", "notIn": "", "includes": "list args[0] has item args[1]",
-    "intersects": "the lists share an item", "count": "number of items (0 for null)",
+    # lists and maps (in, notIn, includes and intersects are written with "=", "or" and nonEmpty(ListFilter))
+    "count": "number of items (0 for null)", "array": "a list of the arguments",
     "get": "map value", "keys": "", "values": "",
     # time
     "now": "", "truncate": "param: unit", "shift": "args[1] units (param) after args[0]",
     "getYear": "", "getMonth": "", "getDayOfMonth": "",
     # misc
-    "if": "", "inSegment": "param: segment id", "array": "a list of the arguments",
+    "if": "", "inSegment": "param: segment id",
 }
 """The functions an `Apply` may name (with a note where the meaning is not obvious)."""

@@ -55,7 +55,7 @@ __all__ = ["PREDICATES", "Checker", "iter_nodes", "parse_date_string", "parse_te
 PREDICATES: frozenset[str] = frozenset({
     "and", "or", "not", "isTrue", "nonEmpty", "=", "!=", "<", "<=", ">", ">=", "isNull", "isNotNull", "exists",
     "startsWith", "endsWith", "contains", "equals", "notEqualTo", "doesNotStartWith", "doesNotEndWith",
-    "doesNotContain", "like", "matches", "includes", "intersects", "inSegment",
+    "doesNotContain", "like", "matches", "inSegment",
 })
 """`Apply` functions whose result is a two-valued boolean (never null)."""
 
@@ -328,7 +328,7 @@ class Checker:
             return Apply(name, (recv,), type=BOOL, **pos)
 
         if name in _STRING_PREDICATES or name == "matches":
-            self._need(recv, STRING, node, f"{name}() applies to strings")
+            self._need(recv, STRING, node, f"{name}() applies to strings", node.obj)
             if name == "matches":
                 self._arity(node, args, 1, 1)
                 return Apply("matches", (recv, self._regex(args[0])), type=BOOL, **pos)
@@ -591,10 +591,11 @@ class Checker:
         names = ", ".join(sorted({t.describe() for t in types if t is not None}))
         raise _err(node, f"{what} have different types: {names}")
 
-    def _need(self, typed: Node, want: PType, node: Node, message: str) -> None:
+    def _need(self, typed: Node, want: PType, node: Node, message: str, written: Node | None = None) -> None:
+        """A type error at `node` unless `typed` (what `written`, default `node`, checked to) is `want`."""
         if typed.type != want:
             assert typed.type is not None
-            raise _err(node, f"{message}; {_path_text(node)} is {_a(typed.type)}")
+            raise _err(node, f"{message}; {_path_text(written or node)} is {_a(typed.type)}")
 
     def _temporal(self, typed: Node, node: Node) -> Node:
         """A date or timestamp (strings are read as dates)."""
