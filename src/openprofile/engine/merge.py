@@ -282,19 +282,34 @@ def _effective_us(structure: Structure) -> str:
     return ingest
 
 
-def _precedence_key(source: FragmentSource, rule: MergeRule) -> str:
-    parts: list[str] = []
-    if rule.attribute_merge == "dataSetPrecedence":
-        parts.append(f"p := CAST({len(rule.order) - rule.order.index(source.dataset_id)} AS INTEGER)")
+def _precedence_columns(source: FragmentSource | None, rule: MergeRule) -> list[str]:
+    """The parts of the precedence key that are not system columns — ``__kp`` (dataSetPrecedence only), the
+    effective time ``__kt``, the record hash ``__kh`` — and ``__k``, the first two parts of the key packed into
+    one HUGEINT (the first part signed in the high 64 bits, the second biased in the low ones): typed
+    placeholders for no source."""
+    precedence = rule.attribute_merge == "dataSetPrecedence"
+    if source is None:
+        return [*(["CAST(0 AS INTEGER) AS __kp"] if precedence else []),
+                "CAST(0 AS BIGINT) AS __kt", "CAST(0 AS UBIGINT) AS __kh", "CAST(0 AS HUGEINT) AS __k"]
     columns = ", ".join(quote_identifier(c) for c in source.structure)
-    parts += [
-        f"t := {_effective_us(source.structure)}",
-        "i := coalesce(CAST(\"_ingest_ms\" AS BIGINT), 0)",
-        "d := coalesce(CAST(\"_dataset\" AS VARCHAR), '')",
-        "b := coalesce(CAST(\"_batch\" AS VARCHAR), '')",
-        f"h := {f'hash({columns})' if columns else 'CAST(0 AS UBIGINT)'}",
-    ]
-    return "struct_pack(" + ", ".join(parts) + ")"
+    effective = _effective_us(source.structure)
+    parts: list[str] = []
+    if precedence:
+        rank = f"CAST({len(rule.order) - rule.order.index(source.dataset_id)} AS INTEGER)"
+        parts.append(f"{rank} AS __kp")
+        first, second = rank, effective
+    else:
+        first, second = effective, "coalesce(CAST(\"_ingest_ms\" AS BIGINT), 0)"
+    packed = f"CAST({first} AS HUGEINT) * {1 << 64} + (CAST({second} AS HUGEINT) + {1 << 63})"
+    return [*parts, f"{effective} AS __kt", f"{f'hash({columns})' if columns else 'CAST(0 AS UBIGINT)'} AS __kh",
+            f"{packed} AS __k"]
+
+
+def _precedence_order(rule: MergeRule) -> str:
+    """The precedence key as an ORDER BY list (ascending: the last fragment wins)."""
+    keys = ["__kp"] if rule.attribute_merge == "dataSetPrecedence" else []
+    keys += ["__kt", "coalesce(_ingest_ms, 0)", "coalesce(_dataset, '')", "coalesce(_batch, '')", "__kh"]
+    return ", ".join(keys)
 
 
 def _fragments_select(
@@ -305,7 +320,7 @@ def _fragments_select(
         none = [
             "CAST(NULL AS VARCHAR) AS _group", "CAST(NULL AS VARCHAR) AS _dataset",
             "CAST(NULL AS BIGINT) AS _ingest_ms", "CAST(NULL AS VARCHAR) AS _batch",
-            "struct_pack(t := CAST(0 AS BIGINT)) AS __sk",
+            *_precedence_columns(None, rule),
         ]
         rest = [f"CAST(NULL AS {to_duckdb_type(s.node)}) AS {s.alias}" for s in slots]
         return f"SELECT {', '.join([*none, *rest])} WHERE false"
@@ -315,7 +330,7 @@ def _fragments_select(
         "CAST(\"_dataset\" AS VARCHAR) AS _dataset",
         "CAST(\"_ingest_ms\" AS BIGINT) AS _ingest_ms",
         "CAST(\"_batch\" AS VARCHAR) AS _batch",
-        f"{_precedence_key(source, rule)} AS __sk",
+        *_precedence_columns(source, rule),
     ]
     for slot in slots:
         items.append(f"{_typed(slot.path, _source_node(structure, slot.path), slot.node)} AS {slot.alias}")
@@ -328,28 +343,55 @@ def _fragments_select(
 # --------------------------------------------------------------------------------------------------
 # SQL
 #
-# The plan: __f (every merged fragment: its leaves and maps as flat columns, its precedence key __sk)
-# → __a (one GROUP BY _group: arg_max per leaf, _sources, _tags, _last_modified_ms);
-# per map: unnest the entries (level by level for maps of maps) → arg_max per (_group, key path) → fold
-# back into sorted maps; identityMap: unnest the items → one row per (_group, namespace, id) → fold into
-# the union (__idm) and, namespaces lower-cased, into `identities` (__ids); each joined back on _group.
-# Relational steps only (GROUP BY, unnest, join), no per-row list lambdas: measured faster on DuckDB than
-# collecting each group's maps into lists and merging them with list functions.
+# The plan:
+# __f  every merged fragment: its leaves and maps as flat columns, the parts of its precedence key;
+# __r  __f ranked: __rk = the fragment's position in its group by precedence (1 = lowest), one window
+#      pass, so that every winner below is an arg_max over a BIGINT (comparing the STRUCT key per leaf and
+#      per map entry cost several times more); per map slot, how many of the group's fragments have that map;
+# __a  one GROUP BY _group: arg_max per leaf, per map the winning map and the count, _sources, _tags,
+#      _last_modified_ms;
+# maps: a group with one non-NULL map needs no merge, only normalising (NULL values dropped, keys sorted:
+#      list functions on the one map); groups with several unnest the entries of their fragments' maps
+#      (level by level for maps of maps) → arg_max per (_group, key path) → fold back into sorted maps;
+# identityMap: unnest the items → one row per (_group, namespace, id) → one list per group, from which
+#      list functions build both the union map and `identities`.
+# Each of these is joined back on _group.
 
 
 def _winner(value: str) -> str:
-    return f"arg_max({value}, __sk) FILTER (WHERE {value} IS NOT NULL)"
+    return f"arg_max({value}, __rk) FILTER (WHERE {value} IS NOT NULL)"
+
+
+def _count_alias(slot: _Slot) -> str:
+    return f"{slot.alias}_n"
+
+
+def _normalized_map(expr: str, depth: int, level: int = 1) -> str:
+    """One map as the merge of it alone: entries with a NULL value dropped (recursively for maps of maps),
+    keys sorted, NULL when no entry is left."""
+    entry = f"__e{level}"
+    if depth > 1:
+        inner = _normalized_map(f"{entry}.value", depth - 1, level + 1)
+        entries = f"list_transform(map_entries({expr}), lambda {entry}: {{'key': {entry}.key, 'value': {inner}}})"
+    else:
+        entries = f"map_entries({expr})"
+    kept = f"list_filter({entries}, lambda {entry}: {entry}.value IS NOT NULL)"
+    return (f"list_transform([{kept}], lambda __l{level}: "
+            f"CASE WHEN len(__l{level}) > 0 THEN map_from_entries(list_sort(__l{level})) END)[1]")
 
 
 def _map_ctes(slot: _Slot) -> list[tuple[str, str]]:
-    """CTEs merging one map slot key path by key path; the last one is (slot.alias, [_group, alias])."""
+    """CTEs merging one map slot key path by key path, for the groups where several fragments have the map;
+    the last one is (slot.alias, [_group, alias])."""
     name = slot.alias
     ctes: list[tuple[str, str]] = []
-    # Unnest level by level: rows (_group, __sk, __k1 .. __kN, __v).
-    previous, value = "__f", slot.alias
+    # Unnest level by level: rows (_group, __rk, __k1 .. __kN, __v).
+    previous = (f"(SELECT _group, __rk, {slot.alias} FROM __r "
+                f"SEMI JOIN (SELECT _group FROM __a WHERE {_count_alias(slot)} > 1) USING (_group))")
+    value = slot.alias
     keys: list[str] = []
     for level in range(1, slot.depth + 1):
-        carried = ", ".join(["_group", "__sk", *keys])
+        carried = ", ".join(["_group", "__rk", *keys])
         ctes.append((
             f"{name}_u{level}",
             f"SELECT {carried}, struct_extract(__e, 'key') AS __k{level}, struct_extract(__e, 'value') AS __v\n"
@@ -362,7 +404,7 @@ def _map_ctes(slot: _Slot) -> list[tuple[str, str]]:
     key_list = ", ".join(keys)
     ctes.append((
         f"{name}_w",
-        f"SELECT _group, {key_list}, arg_max(__v, __sk) AS __v FROM {previous} WHERE __v IS NOT NULL "
+        f"SELECT _group, {key_list}, arg_max(__v, __rk) AS __v FROM {previous} WHERE __v IS NOT NULL "
         f"GROUP BY _group, {key_list}",
     ))
     # Fold back up into maps, innermost level first.
@@ -381,46 +423,51 @@ def _map_ctes(slot: _Slot) -> list[tuple[str, str]]:
 
 
 def _identity_ctes(slot: _Slot) -> list[tuple[str, str]]:
-    """CTEs for the identity map union (``__idm``) and the ``identities`` list (``__ids``)."""
+    """CTEs for the identity map union and the ``identities`` list: ``__idm`` with (_group, __idm, __ids)."""
     assert isinstance(slot.node, dict)
     item = slot.node["map"]["list"]["struct"]
     aggregates: list[str] = []
-    packed: list[str] = []
+    fields = ["'n': __ns", "'i': __id"]  # one list item per (namespace, id)
+    packed: list[str] = []  # an identityMap item from a list item __x
     for i, (fname, fnode) in enumerate(item.items()):
         if fname == "id":
-            packed.append(f"{quote_identifier(fname)} := __id")
+            packed.append(f"{quote_identifier(fname)} := __x.i")
             continue
         value = f"struct_extract(__it, {_literal(fname)})"
         if fname == "primary" and fnode == "BOOLEAN":
             aggregates.append(f"bool_or({value}) AS __a{i}")
         else:
             aggregates.append(f"{_winner(value)} AS __a{i}")
-        packed.append(f"{quote_identifier(fname)} := __a{i}")
+        fields.append(f"'a{i}': __a{i}")
+        packed.append(f"{quote_identifier(fname)} := __x.a{i}")
     primary = "primary" in item and item["primary"] == "BOOLEAN"
-    if primary:
-        aggregates.append("coalesce(bool_or(struct_extract(__it, 'primary')), false) AS __primary")
-    else:
-        aggregates.append("false AS __primary")
+    primary_flag = "coalesce(bool_or(struct_extract(__it, 'primary')), false)" if primary else "false"
+    fields.append("'p': __primary")
+    namespaces = "list_sort(list_distinct(list_transform(__items, lambda __x: __x.n)))"
+    # `identities`: the items keyed (lower-cased namespace, id, not primary) and sorted, so that the first of
+    # each (namespace, id) run is the primary one if any is; the runs' first items.
+    keyed = "list_sort(list_transform(__items, lambda __x: {'n': lower(__x.n), 'i': __x.i, 'q': NOT __x.p}))"
     return [
         ("__idm_u",
-         "SELECT _group, __sk, __ns, unnest(__items) AS __it\n"
-         "FROM (SELECT _group, __sk, struct_extract(__e, 'key') AS __ns, struct_extract(__e, 'value') AS __items\n"
-         "      FROM (SELECT _group, __sk, unnest(map_entries(__idm)) AS __e FROM __f WHERE __idm IS NOT NULL))"),
+         "SELECT _group, __rk, __ns, unnest(__items) AS __it\n"
+         "FROM (SELECT _group, __rk, struct_extract(__e, 'key') AS __ns, struct_extract(__e, 'value') AS __items\n"
+         "      FROM (SELECT _group, __rk, unnest(map_entries(__idm)) AS __e FROM __r WHERE __idm IS NOT NULL))"),
         ("__idm_i",
-         f"SELECT _group, __ns, struct_extract(__it, 'id') AS __id, {', '.join(aggregates)}\n"
+         f"SELECT _group, __ns, struct_extract(__it, 'id') AS __id, {', '.join(aggregates)}"
+         f"{', ' if aggregates else ''}{primary_flag} AS __primary\n"
          "FROM __idm_u WHERE coalesce(struct_extract(__it, 'id'), '') <> ''\n"
          "GROUP BY _group, __ns, struct_extract(__it, 'id')"),
+        ("__idm_l",
+         f"SELECT _group, list_sort(list({{{', '.join(fields)}}})) AS __items FROM __idm_i GROUP BY _group"),
         ("__idm",
-         "SELECT _group, map_from_entries(list_sort(list({'key': __ns, 'value': __items}))) AS __idm\n"
-         "FROM (SELECT _group, __ns,\n"
-         f"        list_transform(list_sort(list({{'k': __id, 'v': struct_pack({', '.join(packed)})}})),\n"
-         "                       lambda __x: __x.v) AS __items\n"
-         "      FROM __idm_i GROUP BY _group, __ns)\nGROUP BY _group"),
-        ("__ids",
-         "SELECT _group, list_transform(list_sort(list({'n': __ns, 'i': __id, 'p': __p})),\n"
-         "       lambda __x: {'id': __x.i, 'namespace': {'code': __x.n}, 'primary': __x.p}) AS identities\n"
-         "FROM (SELECT _group, lower(__ns) AS __ns, __id, bool_or(__primary) AS __p FROM __idm_i "
-         "GROUP BY _group, lower(__ns), __id)\nGROUP BY _group"),
+         "SELECT _group,\n"
+         f"       map_from_entries(list_transform({namespaces},\n"
+         "           lambda __n: {'key': __n, 'value': list_transform(list_filter(__items, lambda __x: __x.n = __n),\n"
+         f"               lambda __x: struct_pack({', '.join(packed)}))}})) AS __idm,\n"
+         "       list_transform(list_filter(__s, lambda __x, __k: __k = 1 OR __s[__k - 1].n <> __x.n\n"
+         "                                                       OR __s[__k - 1].i <> __x.i),\n"
+         "           lambda __x: {'id': __x.i, 'namespace': {'code': __x.n}, 'primary': NOT __x.q}) AS __ids\n"
+         f"FROM (SELECT _group, __items, {keyed} AS __s FROM __idm_l)"),
     ]
 
 
@@ -448,7 +495,16 @@ def merge_sql(sources: list[FragmentSource], rule: MergeRule, *, where: str | No
     selects = [_fragments_select(s, slots, rule, where) for s in included] or [
         _fragments_select(None, slots, rule, where)
     ]
-    ctes: list[tuple[str, str]] = [("__f", "\nUNION ALL\n".join(f"({s})" for s in selects))]
+    order = _precedence_order(rule)
+    excluded = "__kp, __kt, __kh, __k" if rule.attribute_merge == "dataSetPrecedence" else "__kt, __kh, __k"
+    ctes: list[tuple[str, str]] = [
+        ("__f", "\nUNION ALL\n".join(f"({s})" for s in selects)),
+        ("__ties", "SELECT DISTINCT _group FROM __f GROUP BY _group, __k HAVING count(*) > 1"),
+        ("__r", f"SELECT * EXCLUDE ({excluded}), __k AS __rk FROM __f ANTI JOIN __ties USING (_group)\n"
+                f"UNION ALL\n"
+                f"SELECT * EXCLUDE ({excluded}), CAST(row_number() OVER (PARTITION BY _group ORDER BY {order}) "
+                f"AS HUGEINT) AS __rk\nFROM __f SEMI JOIN __ties USING (_group)"),
+    ]
 
     aggregates = ["_group"]
     refs: dict[tuple[str, ...], str] = {}
@@ -459,20 +515,24 @@ def merge_sql(sources: list[FragmentSource], rule: MergeRule, *, where: str | No
             aggregates.append(f"{_winner(slot.alias)} AS {slot.alias}")
             refs[slot.path] = f"__a.{slot.alias}"
         elif slot.kind == "map":
+            aggregates.append(f"{_winner(slot.alias)} AS {slot.alias}")
+            aggregates.append(f"count({slot.alias}) AS {_count_alias(slot)}")
             ctes += _map_ctes(slot)
-            refs[slot.path] = f"{slot.alias}.{slot.alias}"
+            single = _normalized_map(f"__a.{slot.alias}", slot.depth)
+            refs[slot.path] = (f"(CASE WHEN __a.{_count_alias(slot)} > 1 THEN {slot.alias}.{slot.alias} "
+                               f"ELSE {single} END)")
             joins.append(slot.alias)
         else:
             identity_slot = slot
             ctes += _identity_ctes(slot)
             refs[slot.path] = "__idm.__idm"
-            joins += ["__idm", "__ids"]
+            joins.append("__idm")
     aggregates += [
         "coalesce(list_sort(list_distinct(list(_dataset))), []) AS _sources",
         "coalesce(list_sort(list_distinct(list(_batch))), []) AS _tags",
         "max(_ingest_ms) AS _last_modified_ms",
     ]
-    ctes.insert(1, ("__a", f"SELECT {', '.join(aggregates)}\nFROM __f GROUP BY _group"))
+    ctes.insert(3, ("__a", f"SELECT {', '.join(aggregates)}\nFROM __r GROUP BY _group"))
 
     columns = ["__a._group AS _group"]
     for name, node in structure.items():
@@ -480,7 +540,7 @@ def merge_sql(sources: list[FragmentSource], rule: MergeRule, *, where: str | No
         columns.append(f"CAST({expr} AS {to_duckdb_type(node)}) AS {quote_identifier(name)}")
     identities_type = to_duckdb_type(IDENTITIES)
     if identity_slot is not None:
-        columns.append(f"CAST(coalesce(__ids.identities, []) AS {identities_type}) AS identities")
+        columns.append(f"CAST(coalesce(__idm.__ids, []) AS {identities_type}) AS identities")
     else:
         columns.append(f"CAST([] AS {identities_type}) AS identities")
     columns += [

@@ -16,12 +16,25 @@ naming immutable index files under `files/`:
 XIDs are the md5 of `lower(namespace):id`, kept as UUIDs (16 bytes: fast to join and sort, and written to
 Parquet losslessly); the API shows them as 32 hex digits.
 
-`fragment_relation` and `event_relation` join an index with its lake files into rows with those system
-columns. Applying batches writes only new index files and a new manifest, then moves the `CURRENT`
-pointer by an atomic rename, so readers always see one whole generation. Clusters are the connected
-components of the graph whose links are any two identities in one record or event; they are updated
-incrementally (only the components a batch touches change), set-wise in SQL. A cluster's id is the
-smallest XID among its members, so it does not depend on the order batches arrived in.
+`indexed_rows` joins an index with its lake files into rows with those system columns. Each dataset
+also records the namespaces its index holds (`DatasetFiles.namespaces`), so that a lookup asks an index
+only about the identities that can be in it. Index files are written in 16k-row groups: a point lookup
+reads one, and smaller groups cost more in DuckDB's per-group overhead than they save in decoding.
+
+Applying batches writes only new index files and a new manifest, then moves the `CURRENT` pointer by an
+atomic rename, so readers always see one whole generation. An apply reads each new lake file's
+`identityMap` once (`_stage`: batches and files are small integers there, never strings) and runs in
+DuckDB under a memory limit, spilling to `tmp/` past it, so its memory does not grow with the data.
+
+Clusters are the connected components of the graph whose links are any two identities in one record or
+event; they are updated incrementally: only the components a batch touches change, computed over the
+links between the current clusters (vectorised min-label propagation over integer-numbered labels), and
+the identity files are not rewritten when nothing changed. A cluster's id is the smallest XID among its
+members, so it does not depend on the order batches arrived in.
+
+Deleted identities (tombstones) are applied once: a new generation's index files are written without the
+deleted rows, and files written earlier are rewritten only for tombstones they have not seen yet (the
+manifest lists the ones applied).
 
 The primary identity of a row is its identityMap item marked `primary`, else its only identity,
 else (several, none marked) the first by (namespace, id) — a documented, deterministic choice.
@@ -31,16 +44,20 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 
 from openprofile.engine.structure import Structure, merge_structures
 
-ROW_GROUP = 16_384
+ROW_GROUP = 16_384  # a point lookup reads one row group; much smaller groups cost more in per-group overhead
 SYSTEM_COLUMNS = ("_xid", "_identity_ns", "_identity_id", "_ingest_ms", "_batch")
 INDEX_COLUMNS = (*SYSTEM_COLUMNS, "_file", "_rn")
 
@@ -72,6 +89,7 @@ class DatasetFiles:
     structure: Structure
     files: list[str] = field(default_factory=list)
     lake_files: list[str] = field(default_factory=list)
+    namespaces: list[str] | None = None  # the namespaces of its index's identities (None: not recorded)
 
 
 @dataclass
@@ -82,13 +100,14 @@ class Manifest:
     members: str | None
     datasets: dict[str, DatasetFiles]
     applied: list[str]
+    tombstones: list[list[Any]] = field(default_factory=list)  # [xid, deleted_ms] of the tombstones applied
 
     def to_json(self) -> dict[str, Any]:
         return {
             "generation": self.generation, "created_ms": self.created_ms, "identities": self.identities,
-            "members": self.members, "applied": self.applied,
-            "datasets": {k: {"kind": v.kind, "structure": v.structure, "files": v.files, "lake_files": v.lake_files}
-                         for k, v in self.datasets.items()},
+            "members": self.members, "applied": self.applied, "tombstones": self.tombstones,
+            "datasets": {k: {"kind": v.kind, "structure": v.structure, "files": v.files, "lake_files": v.lake_files,
+                             "namespaces": v.namespaces} for k, v in self.datasets.items()},
         }
 
     @classmethod
@@ -96,13 +115,19 @@ class Manifest:
         return cls(
             generation=int(data["generation"]), created_ms=int(data["created_ms"]), identities=data["identities"],
             members=data["members"], applied=list(data["applied"]),
-            datasets={k: DatasetFiles(v["kind"], v["structure"], list(v["files"]), list(v.get("lake_files", [])))
+            tombstones=[list(t) for t in data.get("tombstones", [])],
+            datasets={k: DatasetFiles(v["kind"], v["structure"], list(v["files"]), list(v.get("lake_files", [])),
+                                      v.get("namespaces"))
                       for k, v in data["datasets"].items()},
         )
 
     @classmethod
     def empty(cls) -> Manifest:
         return cls(0, 0, None, None, {}, [])
+
+
+_manifests: OrderedDict[tuple[str, int, int, int], Manifest] = OrderedDict()
+_manifests_lock = threading.Lock()
 
 
 class StoreFiles:
@@ -112,12 +137,30 @@ class StoreFiles:
         self.root = root
         self.files = root / "files"
 
-    def current(self) -> Manifest:
+    def current(self, *, shared: bool = False) -> Manifest:
+        """The current generation's manifest. With `shared`, a parsed manifest may be reused from a small cache
+        (keyed by the file's identity, since a rebuild writes the same names again): the caller must not
+        modify it."""
         pointer = self.root / "CURRENT"
         if not pointer.exists():
             return Manifest.empty()
         generation = int(pointer.read_text().strip())
-        return Manifest.from_json(json.loads((self.root / f"gen-{generation:08d}.json").read_text()))
+        path = self.root / f"gen-{generation:08d}.json"
+        if not shared:
+            return Manifest.from_json(json.loads(path.read_text()))
+        stat = path.stat()
+        key = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        with _manifests_lock:
+            found = _manifests.get(key)
+            if found is not None:
+                _manifests.move_to_end(key)
+                return found
+        manifest = Manifest.from_json(json.loads(path.read_text()))
+        with _manifests_lock:
+            _manifests[key] = manifest
+            while len(_manifests) > 32:
+                _manifests.popitem(last=False)
+        return manifest
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -173,9 +216,10 @@ def _files_sql(paths: list[Path] | list[str]) -> str:
     return f"read_parquet([{quoted}], union_by_name = true)"
 
 
-def _copy(conn: duckdb.DuckDBPyConnection, select: str, target: Path) -> None:
+def _copy(conn: duckdb.DuckDBPyConnection, select: str, target: Path, row_group: int = ROW_GROUP) -> None:
     conn.execute(
-        f"COPY ({select}) TO '{target}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP})"
+        f"COPY ({select}) TO '{_escape(str(target))}' "
+        f"(FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1, ROW_GROUP_SIZE {row_group})"
     )
 
 
@@ -208,23 +252,31 @@ def apply_batches(
     """Apply batches (in the given order) to the current generation and publish the next one."""
     previous = store.current()
     manifest = Manifest(previous.generation + 1, now_ms, previous.identities, previous.members,
-                        {k: DatasetFiles(v.kind, dict(v.structure), list(v.files), list(v.lake_files))
-                         for k, v in previous.datasets.items()}, list(previous.applied))
+                        {k: DatasetFiles(v.kind, dict(v.structure), list(v.files), list(v.lake_files),
+                                         None if v.namespaces is None else list(v.namespaces))
+                         for k, v in previous.datasets.items()}, list(previous.applied),
+                        [list(t) for t in previous.tombstones])
+    applied = {(str(t[0]), int(t[1])) for t in previous.tombstones}
+    fresh = [t for t in tombstones if (t.xid, t.deleted_ms) not in applied]
+    old_files = {f for entry in manifest.datasets.values() for f in entry.files}
     conn = connect(threads, memory_limit, store.root / "tmp")
     try:
-        conn.execute("CREATE OR REPLACE TEMP TABLE tombstones (xid VARCHAR, deleted_ms BIGINT)")
-        if tombstones:
-            conn.executemany("INSERT INTO tombstones VALUES (?, ?)", [(t.xid, t.deleted_ms) for t in tombstones])
-        _stage_rows(conn, lake_root, batches)
-        if batches:
+        _tombstone_table(conn, "tombstones", tombstones)
+        if _stage(conn, lake_root, batches):
             _update_identities(conn, store, manifest)
-        for dataset_id in sorted({b.dataset_id for b in batches if b.kind == "profile"}):
-            _update_fragments(conn, store, manifest, batches, dataset_id)
-        for order, batch in enumerate(batches):
-            if batch.kind == "experienceevent":
-                _append_events(conn, lake_root, store, manifest, batches, order)
-        if tombstones:
-            _apply_tombstones(conn, store, manifest)
+            for dataset_id in sorted({b.dataset_id for b in batches if b.kind == "profile"}):
+                _update_fragments(conn, store, manifest, batches, dataset_id)
+            for order, batch in enumerate(batches):
+                if batch.kind == "experienceevent":
+                    _append_events(conn, store, manifest, batches, order)
+        else:  # nothing to index (no files, or no identities): the datasets are still known to the store
+            for batch in batches:
+                if batch.files:
+                    _dataset_entry(manifest, batch)
+        if fresh:
+            _tombstone_table(conn, "fresh_tombstones", fresh)
+            _apply_tombstones(conn, store, manifest, old_files)
+            manifest.tombstones.extend([t.xid, t.deleted_ms] for t in fresh)
         manifest.applied.extend(b.batch_id for b in batches)
     finally:
         conn.close()
@@ -233,99 +285,173 @@ def apply_batches(
     return manifest
 
 
-def _stage_rows(conn: duckdb.DuckDBPyConnection, lake_root: Path, batches: list[BatchInput]) -> None:
-    """Every identity of every new row, `(batch order, file, row, xid, ns, id, primary)`, by unnesting
-    identityMap once; and each row's primary identity (marked primary, else the first by ns, id)."""
-    conn.execute("""CREATE OR REPLACE TEMP TABLE batch_items (
-        ord INTEGER, _file VARCHAR, _rn BIGINT, xid UUID, ns VARCHAR, id VARCHAR, is_primary BOOLEAN)""")
+def _tombstone_table(conn: duckdb.DuckDBPyConnection, name: str, tombstones: list[Tombstone]) -> None:
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE {name} (xid UUID, deleted_ms BIGINT)")
+    if tombstones:
+        conn.executemany(f"INSERT INTO {name} VALUES (CAST(? AS UUID), ?)",
+                         [(t.xid, t.deleted_ms) for t in tombstones])
+
+
+# A row's identities as `{np, ns, id}` (np: not marked primary), empty ids left out; the common single identity
+# is read directly, the list functions run only for rows with several.
+_SINGLE = """cardinality("identityMap") = 1 AND len(map_values("identityMap")[1]) = 1"""
+_ONE = ("""{'np': NOT coalesce(map_values("identityMap")[1][1]."primary", false), """
+        """'ns': lower(map_keys("identityMap")[1]), 'id': map_values("identityMap")[1][1].id}""")
+_ITEMS = ("""list_filter(flatten(list_transform(map_entries("identityMap"), lambda e: list_transform(e.value, """
+          """lambda i: {'np': NOT coalesce(i."primary", false), 'ns': lower(e.key), 'id': i.id}))), """
+          """lambda x: coalesce(x.id, '') <> '')""")
+
+
+def _stage(conn: duckdb.DuckDBPyConnection, lake_root: Path, batches: list[BatchInput]) -> bool:
+    """Read each new lake file's identityMap once, into `staged`: one row per record or event that has an
+    identity — `(ord, f, rn, xid, ns, id, ek, more)`: the batch's order, the file's number (`staged_files`),
+    the row, the primary identity (marked primary, else the first by namespace then id), the md5 of an event's
+    `_id`, and the row's identities when it has several (`{np, ns, id}`: the links of the graph).
+
+    Files and batches are small integers here, never strings, so that joins and sorts over millions of events
+    stay cheap; their paths and ids are attached only to the index rows written out. Within a batch, files are
+    numbered in path order, so (ord, f, rn) orders rows as they were committed."""
+    conn.execute("CREATE OR REPLACE TEMP TABLE staged_batches (ord INTEGER, batch VARCHAR, ingest_ms BIGINT)")
+    conn.execute("CREATE OR REPLACE TEMP TABLE staged_files (f INTEGER, ord INTEGER, path VARCHAR)")
+    conn.execute("""CREATE OR REPLACE TEMP TABLE staged (ord INTEGER, f INTEGER, rn BIGINT, xid UUID, ns VARCHAR,
+                    id VARCHAR, ek UUID, more STRUCT(np BOOLEAN, ns VARCHAR, id VARCHAR)[])""")
+    number = 0
     for order, batch in enumerate(batches):
-        if not batch.files:
-            continue
-        conn.execute(f"""
-            INSERT INTO batch_items
-            WITH entries AS (
-                SELECT _file, file_row_number AS _rn, unnest(map_entries("identityMap")) AS e
-                FROM {_lake_sql(lake_root, batch.files, union=False)}
-            ), items AS (SELECT _file, _rn, lower(e.key) AS ns, unnest(e.value) AS i FROM entries)
-            SELECT {order}, _file, _rn, md5(ns || ':' || i.id)::UUID, ns, i.id, coalesce(i."primary", false)
-            FROM items WHERE i.id IS NOT NULL AND i.id <> ''
-        """)
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE batch_rows AS
-        SELECT ord, _file, _rn, arg_min({'xid': xid, 'ns': ns, 'id': id}, {'p': NOT is_primary, 'ns': ns, 'id': id})
-               AS p
-        FROM batch_items GROUP BY ord, _file, _rn
-    """)
+        conn.execute("INSERT INTO staged_batches VALUES (?, ?, ?)", [order, batch.batch_id, batch.ingest_ms])
+        event_key = 'CAST(md5(CAST("_id" AS VARCHAR)) AS UUID)' if batch.kind == "experienceevent" else "NULL"
+        for path in sorted(batch.files):
+            conn.execute("INSERT INTO staged_files VALUES (?, ?, ?)", [number, order, path])
+            conn.execute(f"""
+                INSERT INTO staged
+                SELECT {order}, {number}, rn, CAST(md5(p.ns || ':' || p.id) AS UUID), p.ns, p.id, ek,
+                       CASE WHEN len(items) > 1 THEN items END
+                FROM (SELECT rn, ek, items, coalesce(single, list_min(items)) AS p
+                      FROM (SELECT file_row_number AS rn, {event_key} AS ek,
+                                   CASE WHEN {_SINGLE} THEN {_ONE} END AS single,
+                                   CASE WHEN NOT ({_SINGLE}) THEN {_ITEMS} END AS items
+                            FROM read_parquet('{_escape(str(lake_root / path))}', file_row_number = true)))
+                WHERE coalesce(p.id, '') <> ''
+            """)
+            number += 1
+    return bool(conn.execute("SELECT count(*) FROM staged").fetchall()[0][0])
 
 
 def _update_identities(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manifest: Manifest) -> None:
-    """Merge the new rows' links into the clusters; only touched components change."""
-    old = (f"SELECT xid, ns, id, cluster FROM read_parquet('{store.path(manifest.identities)}')"
-           if manifest.identities else
-           "SELECT NULL::UUID AS xid, NULL::VARCHAR AS ns, NULL::VARCHAR AS id, NULL::UUID AS cluster LIMIT 0")
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE old_ids AS {old}")
-    conn.execute("CREATE OR REPLACE TEMP TABLE nodes AS SELECT DISTINCT xid, ns, id FROM batch_items")
+    """Merge the new rows' identities and links into the clusters; only touched components change, and the
+    files are not rewritten when nothing changed. A row links all its identities: a star from the row's
+    primary identity is enough for connectivity."""
     conn.execute("""
-        CREATE OR REPLACE TEMP TABLE labels AS
-        SELECT n.xid, coalesce(o.cluster, n.xid) AS label FROM nodes n LEFT JOIN old_ids o USING (xid)
+        CREATE OR REPLACE TEMP TABLE links AS
+        SELECT a, CAST(md5(ns || ':' || id) AS UUID) AS b, ns, id
+        FROM (SELECT DISTINCT xid AS a, x.ns AS ns, x.id AS id
+              FROM (SELECT xid, ns AS pns, id AS pid, unnest(more) AS x FROM staged WHERE more IS NOT NULL)
+              WHERE x.ns <> pns OR x.id <> pid)
     """)
-    # A row links all its identities: a star from the row's primary identity is enough for connectivity.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE nodes AS
+        SELECT xid, any_value(ns) AS ns, any_value(id) AS id
+        FROM (SELECT xid, ns, id FROM staged UNION ALL SELECT b, ns, id FROM links) GROUP BY xid
+    """)
+    if manifest.identities:
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE old_ids AS SELECT xid, cluster "
+                     f"FROM read_parquet('{_escape(str(store.path(manifest.identities)))}')")
+    else:
+        conn.execute("CREATE OR REPLACE TEMP TABLE old_ids (xid UUID, cluster UUID)")
+    conn.execute("CREATE OR REPLACE TEMP TABLE new_nodes AS SELECT n.* FROM nodes n ANTI JOIN old_ids o USING (xid)")
+    # The links between current clusters (a new identity is its own cluster until linked).
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE label_edges AS
-        WITH edges AS (SELECT DISTINCT r.p.xid AS a, b.xid AS b FROM batch_items b
-                       JOIN batch_rows r USING (ord, _file, _rn) WHERE b.xid <> r.p.xid)
-        SELECT DISTINCT la.label AS a, lb.label AS b
-        FROM edges e JOIN labels la ON la.xid = e.a JOIN labels lb ON lb.xid = e.b WHERE la.label <> lb.label
+        SELECT DISTINCT least(la, lb) AS a, greatest(la, lb) AS b FROM (
+            SELECT coalesce(oa.cluster, l.a) AS la, coalesce(ob.cluster, l.b) AS lb
+            FROM (SELECT DISTINCT a, b FROM links) l
+            LEFT JOIN old_ids oa ON oa.xid = l.a LEFT JOIN old_ids ob ON ob.xid = l.b)
+        WHERE la <> lb
     """)
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE roots AS
-        SELECT label, label AS root FROM (SELECT a AS label FROM label_edges UNION SELECT b FROM label_edges)
-    """)
-    conn.execute("CREATE OR REPLACE TEMP TABLE sym AS SELECT a, b FROM label_edges UNION SELECT b, a FROM label_edges")
-    while True:  # min-label propagation with pointer jumping; each round is one set-wise statement
-        conn.execute("""
-            CREATE OR REPLACE TEMP TABLE next_roots AS
-            WITH hop AS (
-                SELECT r.label, least(r.root, min(rn.root)) AS root
-                FROM roots r JOIN sym s ON s.a = r.label JOIN roots rn ON rn.label = s.b
-                GROUP BY r.label, r.root
-            )
-            SELECT h.label, least(h.root, j.root) AS root FROM hop h JOIN roots j ON j.label = h.root
-        """)
-        changed = conn.execute(
-            "SELECT count(*) FROM next_roots n JOIN roots r USING (label) WHERE n.root <> r.root").fetchall()
-        conn.execute("CREATE OR REPLACE TEMP TABLE roots AS SELECT * FROM next_roots")
-        if changed[0][0] == 0:
-            break
-    conn.execute("""
+    new_count = conn.execute("SELECT count(*) FROM new_nodes").fetchall()[0][0]
+    edge_count = conn.execute("SELECT count(*) FROM label_edges").fetchall()[0][0]
+    if new_count == 0 and edge_count == 0:
+        _drop(conn, "links", "nodes", "old_ids", "new_nodes", "label_edges")
+        return
+    _components(conn)
+    old = (f"SELECT xid, ns, id, cluster FROM read_parquet('{_escape(str(store.path(manifest.identities)))}')"
+           if manifest.identities else "SELECT xid, ns, id, xid AS cluster FROM new_nodes WHERE false")
+    conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE sized AS
         WITH merged AS (
-            SELECT xid, ns, id, cluster FROM old_ids
-            UNION ALL SELECT n.xid, n.ns, n.id, n.xid FROM nodes n ANTI JOIN old_ids o USING (xid)
-        ), relabelled AS (
             SELECT m.xid, m.ns, m.id, coalesce(r.root, m.cluster) AS cluster
-            FROM merged m LEFT JOIN roots r ON r.label = m.cluster
+            FROM ({old} UNION ALL SELECT xid, ns, id, xid FROM new_nodes) m LEFT JOIN roots r ON r.label = m.cluster
         )
-        SELECT *, count(*) OVER (PARTITION BY cluster) AS cluster_size FROM relabelled
+        SELECT m.*, s.cluster_size FROM merged m
+        JOIN (SELECT cluster, count(*) AS cluster_size FROM merged GROUP BY cluster) s USING (cluster)
     """)
     identities, members = store.new_file("identities"), store.new_file("members")
-    _copy(conn, "SELECT * FROM sized ORDER BY xid", store.path(identities))
-    _copy(conn, "SELECT * FROM sized ORDER BY cluster, xid", store.path(members))
+    _copy(conn, "SELECT xid, ns, id, cluster, cluster_size FROM sized ORDER BY xid", store.path(identities))
+    _copy(conn, "SELECT xid, ns, id, cluster, cluster_size FROM sized ORDER BY cluster", store.path(members))
     manifest.identities, manifest.members = identities, members
-    for table in ("old_ids", "nodes", "labels", "label_edges", "roots", "next_roots", "sym", "sized"):
+    _drop(conn, "links", "nodes", "old_ids", "new_nodes", "label_edges", "labels", "roots", "sized")
+
+
+def _components(conn: duckdb.DuckDBPyConnection) -> None:
+    """`roots (label, root)`: for each cluster label of `label_edges` that changes, the smallest label of its
+    connected component (so a cluster's id stays its smallest XID). Labels are numbered in UUID order and the
+    components found by vectorised min-label propagation with pointer jumping over the edge arrays."""
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE labels AS
+        SELECT label, CAST(row_number() OVER (ORDER BY label) - 1 AS INTEGER) AS k
+        FROM (SELECT a AS label FROM label_edges UNION SELECT b FROM label_edges)
+    """)
+    edges = conn.execute("SELECT la.k AS u, lb.k AS v FROM label_edges "
+                         "JOIN labels la ON la.label = a JOIN labels lb ON lb.label = b").fetchnumpy()
+    count = int(conn.execute("SELECT count(*) FROM labels").fetchall()[0][0])
+    u, v = np.asarray(edges["u"], dtype=np.int64), np.asarray(edges["v"], dtype=np.int64)
+    parent = np.arange(count, dtype=np.int64)
+    while True:
+        before = parent
+        parent = parent.copy()
+        low = np.minimum(parent[u], parent[v])
+        np.minimum.at(parent, before[u], low)
+        np.minimum.at(parent, before[v], low)
+        while True:  # pointer jumping: every label points at its root
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+        if np.array_equal(parent, before):
+            break
+    moved = np.nonzero(parent != np.arange(count, dtype=np.int64))[0]
+    conn.register("__moved", pa.table({"k": pa.array(moved, pa.int32()), "r": pa.array(parent[moved], pa.int32())}))
+    try:
+        conn.execute("CREATE OR REPLACE TEMP TABLE roots AS SELECT l.label, r.label AS root "
+                     "FROM __moved m JOIN labels l ON l.k = m.k JOIN labels r ON r.k = m.r")
+    finally:
+        conn.unregister("__moved")
+
+
+def _drop(conn: duckdb.DuckDBPyConnection, *tables: str) -> None:
+    for table in tables:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
-def _index_rows(batches: list[BatchInput], orders: list[int]) -> str:
-    """The new rows of the batches at `orders` as index rows (plus `ord`, to rank newer over older)."""
-    cases = " ".join(f"WHEN {o} THEN {batches[o].ingest_ms}" for o in orders)
-    ids = " ".join(f"WHEN {o} THEN '{_escape(batches[o].batch_id)}'" for o in orders)
+def _index_rows(where: str) -> str:
+    """Staged rows as index rows (with `ord`, `f` to rank newer over older, and the event key `ek`)."""
     return f"""
-        SELECT p.xid AS _xid, p.ns AS _identity_ns, p.id AS _identity_id,
-               CAST(CASE ord {cases} END AS BIGINT) AS _ingest_ms, CASE ord {ids} END AS _batch,
-               _file, _rn, ord
-        FROM batch_rows WHERE ord IN ({", ".join(str(o) for o in orders)})
+        SELECT s.xid AS _xid, s.ns AS _identity_ns, s.id AS _identity_id, b.ingest_ms AS _ingest_ms,
+               b.batch AS _batch, f.path AS _file, s.rn AS _rn, s.ord, s.f, s.ek
+        FROM staged s JOIN staged_files f USING (f) JOIN staged_batches b ON b.ord = s.ord
+        WHERE {where}
     """
+
+
+_NOT_TOMBSTONED = ("ANTI JOIN {table} __t ON __t.xid = {alias}._xid AND {alias}._ingest_ms <= __t.deleted_ms")
+
+
+def _add_namespaces(conn: duckdb.DuckDBPyConnection, entry: DatasetFiles, select: str, *, fresh: bool) -> None:
+    """Record the namespaces the index now has (kept unknown when an older index did not record them), so that
+    a lookup asks an index only about the identities that can be in it."""
+    if entry.namespaces is None and not fresh:
+        return
+    found = {str(r[0]) for r in conn.execute(select).fetchall()}
+    entry.namespaces = sorted(found.union(entry.namespaces or []))
 
 
 def _dataset_entry(manifest: Manifest, batch: BatchInput) -> DatasetFiles:
@@ -341,7 +467,8 @@ def _dataset_entry(manifest: Manifest, batch: BatchInput) -> DatasetFiles:
 
 def _update_fragments(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manifest: Manifest,
                       batches: list[BatchInput], dataset_id: str) -> None:
-    """The dataset's fragment index: old entries whose key no new record has, plus the newest new record per key."""
+    """The dataset's fragment index: old entries whose key no new record has, plus the newest new record per key
+    (unless its identity was deleted after it was ingested)."""
     orders = [o for o, b in enumerate(batches) if b.dataset_id == dataset_id and b.files]
     if not orders:
         return
@@ -353,60 +480,94 @@ def _update_fragments(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manife
     assert entry is not None
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE new_frags AS
-        SELECT * EXCLUDE (ord) FROM ({_index_rows(batches, orders)})
-        QUALIFY row_number() OVER (PARTITION BY _xid ORDER BY ord DESC, _file DESC, _rn DESC) = 1
+        SELECT {", ".join(INDEX_COLUMNS)} FROM ({_index_rows(f"s.ord IN ({', '.join(map(str, orders))})")})
+        QUALIFY row_number() OVER (PARTITION BY _xid ORDER BY ord DESC, f DESC, _rn DESC) = 1
     """)
-    select = "SELECT * FROM new_frags"
+    select = f"SELECT n.* FROM new_frags n {_NOT_TOMBSTONED.format(table='tombstones', alias='n')}"
     if old_files:
-        select = (f"SELECT * FROM {_files_sql([store.path(f) for f in old_files])} "
-                  f"WHERE _xid NOT IN (SELECT _xid FROM new_frags) UNION ALL BY NAME {select}")
+        select = (f"SELECT o.* FROM {_files_sql([store.path(f) for f in old_files])} o "
+                  f"ANTI JOIN new_frags n USING (_xid) UNION ALL BY NAME {select}")
     target = store.new_file(f"fragments-{dataset_id}")
-    _copy(conn, f"SELECT * FROM ({select}) ORDER BY _xid", store.path(target))
+    _copy(conn, f"SELECT {', '.join(INDEX_COLUMNS)} FROM ({select}) ORDER BY _xid", store.path(target))
+    _add_namespaces(conn, entry, "SELECT DISTINCT _identity_ns FROM new_frags", fresh=not old_files)
     conn.execute("DROP TABLE IF EXISTS new_frags")
     entry.files = [target]
 
 
-def _append_events(conn: duckdb.DuckDBPyConnection, lake_root: Path, store: StoreFiles, manifest: Manifest,
+def _append_events(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manifest: Manifest,
                    batches: list[BatchInput], order: int) -> None:
-    """One batch's event index, minus `_id`s the dataset already has (and repeats within the batch)."""
+    """One batch's event index, minus `_id`s the dataset already has, repeats within the batch (the first
+    kept) and events of identities deleted after they were ingested.
+
+    Millions of events are sorted by `_xid` with only small columns; the batch's id, time and file paths are
+    attached after the sort (in order: insertion order is preserved for this statement)."""
     batch = batches[order]
     if not batch.files:
         return
     previous = manifest.datasets.get(batch.dataset_id)
     old_files = list(previous.files) if previous else []
     entry = _dataset_entry(manifest, batch)
-    ids = (f'SELECT _file, file_row_number AS _rn, md5("_id")::UUID AS _event_key '
-           f"FROM {_lake_sql(lake_root, batch.files, union=False)}")
-    seen = (f"AND e._event_key NOT IN (SELECT _event_key FROM {_files_sql([store.path(f) for f in old_files])})"
-            if old_files else "")
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE repeated AS
+        SELECT ek, min({{'f': f, 'rn': rn}}) AS keep FROM staged
+        WHERE ord = {order} AND ek IN (SELECT ek FROM staged WHERE ord = {order} GROUP BY ek HAVING count(*) > 1)
+        GROUP BY ek
+    """)
+    joins, keep = [], "TRUE"  # each filter only when it can remove something: they cost a pass over the batch
+    if conn.execute("SELECT count(*) FROM repeated").fetchall()[0][0]:
+        joins.append("LEFT JOIN repeated r ON r.ek = s.ek")
+        keep = "(r.keep IS NULL OR r.keep = {'f': s.f, 'rn': s.rn})"
+    if old_files:
+        joins.append(f"ANTI JOIN (SELECT _event_key FROM {_files_sql([store.path(f) for f in old_files])}) o "
+                     f"ON o._event_key = s.ek")
+    if conn.execute("SELECT count(*) FROM tombstones").fetchall()[0][0]:
+        joins.append(f"ANTI JOIN tombstones t ON t.xid = s.xid AND {int(batch.ingest_ms)} <= t.deleted_ms")
+    files = conn.execute("SELECT f, path FROM staged_files WHERE ord = ? ORDER BY f", [order]).fetchall()
+    paths = " ".join(f"WHEN {int(f)} THEN '{_escape(str(path))}'" for f, path in files)
+    rows = f"""
+        SELECT s.xid, s.ns, s.id, s.f, s.rn, s.ek FROM staged s {" ".join(joins)}
+        WHERE s.ord = {order} AND {keep}
+        ORDER BY s.xid
+    """
     select = f"""
-        SELECT k.* EXCLUDE (ord), e._event_key
-        FROM ({_index_rows(batches, [order])}) k JOIN ({ids}) e USING (_file, _rn)
-        WHERE TRUE {seen}
-        QUALIFY row_number() OVER (PARTITION BY e._event_key ORDER BY k._file, k._rn) = 1
+        SELECT xid AS _xid, ns AS _identity_ns, id AS _identity_id,
+               CAST({int(batch.ingest_ms)} AS BIGINT) AS _ingest_ms, '{_escape(batch.batch_id)}' AS _batch,
+               CASE f {paths} END AS _file, rn AS _rn, ek AS _event_key
+        FROM ({rows})
     """
     target = store.new_file(f"events-{batch.dataset_id}")
-    _copy(conn, f"SELECT * FROM ({select}) ORDER BY _xid", store.path(target))
+    conn.execute("SET preserve_insertion_order = true")
+    try:
+        _copy(conn, select, store.path(target))
+    finally:
+        conn.execute("SET preserve_insertion_order = false")
+    conn.execute("DROP TABLE IF EXISTS repeated")
+    _add_namespaces(conn, entry, f"SELECT DISTINCT ns FROM staged WHERE ord = {order}", fresh=not old_files)
     entry.files.append(target)
 
 
-def _apply_tombstones(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manifest: Manifest) -> None:
-    """Drop deleted identities' fragments and events ingested before their deletion, in every dataset.
+def _apply_tombstones(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manifest: Manifest,
+                      old_files: set[str]) -> None:
+    """Drop deleted identities' fragments and events ingested before their deletion from the index files
+    written before this apply (the new ones were written without them), for the tombstones not yet applied.
+    Only the files that hold such rows are rewritten.
 
     The identities stay in the graph (as in AEP, where Identity Service is separate from the store)."""
     for dataset_id, entry in manifest.datasets.items():
-        if not entry.files:
-            continue
-        index = _files_sql([store.path(f) for f in entry.files])
-        hit = conn.execute(f"""
-            SELECT count(*) FROM {index} d JOIN tombstones t ON t.xid = d._xid AND d._ingest_ms <= t.deleted_ms
-        """).fetchall()
-        if hit[0][0] == 0:
-            continue
-        target = store.new_file(f"{'fragments' if entry.kind == 'profile' else 'events'}-{dataset_id}")
-        _copy(conn, f"""
-            SELECT d.* FROM {index} d
-            WHERE NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.xid = d._xid AND d._ingest_ms <= t.deleted_ms)
-            ORDER BY d._xid
-        """, store.path(target))
-        entry.files = [target]
+        rewritten = []
+        for name in entry.files:
+            if name not in old_files:
+                rewritten.append(name)
+                continue
+            index = f"read_parquet('{_escape(str(store.path(name)))}')"
+            hit = conn.execute(f"SELECT count(*) FROM {index} d JOIN fresh_tombstones t "
+                               f"ON t.xid = d._xid AND d._ingest_ms <= t.deleted_ms").fetchall()
+            if hit[0][0] == 0:
+                rewritten.append(name)
+                continue
+            kind = "fragments" if entry.kind == "profile" else "events"
+            target = store.new_file(f"{kind}-{dataset_id}")
+            _copy(conn, f"SELECT d.* FROM {index} d {_NOT_TOMBSTONED.format(table='fresh_tombstones', alias='d')} "
+                        f"ORDER BY d._xid", store.path(target))
+            rewritten.append(target)
+        entry.files = rewritten

@@ -4,16 +4,18 @@ A profile's *group* is its cluster (identity stitching, `pdg`) or the primary id
 (`none`). The same merge plan serves an export (`fragment_sources`: every group, the indexes joined
 with the lake) and a lookup (one group). Clusters over the size limit are left out of both, as AEP does.
 
-A lookup is built for speed, since it merges a handful of rows and its cost is mostly fixed overhead:
+A lookup merges a handful of rows, so its cost is mostly fixed overhead per query; it is built to run
+few queries and to plan the merge once:
 
-- `fragment_hits`: one query over every dataset's index, narrowed to the group's member XIDs (indexes
-  are sorted by `_xid`, so each XID reads one row group);
-- `LookupStatement`: the merge compiled once per (store generation, datasets, rule, projection) as a
-  DuckDB prepared statement whose sources are its parameters — each a list of row structs of the
-  dataset's structure (`parameter_sources`) — and then only executed. The rows come in through session
-  variables (`fetch_sql`: exactly the lake rows the hits name, cast to the dataset's row type), never
-  through tables: in DuckDB a prepared statement that reads a table, or a Parquet file, is bound and
-  optimized again on every EXECUTE, which for the merge costs more than running it.
+- `find_identity`, `cluster_members`: point lookups in the identity indexes (sorted by `xid`, `cluster`);
+- `fragment_hits`: one query over every record dataset's index, each asked only about the members of the
+  namespaces it holds (`DatasetFiles.namespaces`; indexes are sorted by `_xid`, so an XID reads one row group);
+- `parameter_sources` + `fetch_sql`: the merge is prepared once per (store generation, datasets, rule,
+  projection) as a DuckDB prepared statement whose sources are its parameters, one list of row structs of
+  the dataset's structure per dataset, and then only executed. The rows reach it through session variables
+  set from exactly the lake rows the hits name, never through tables: in DuckDB a prepared statement that
+  reads a table (or a Parquet file) is bound and optimized again on every EXECUTE, which for the merge costs
+  more than running it, while one whose inputs are typed parameters is not.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import duckdb
 
 from openprofile.engine.merge import FragmentSource
-from openprofile.engine.profile_store import SYSTEM_COLUMNS, DatasetFiles, StoreFiles, indexed_rows
+from openprofile.engine.profile_store import DatasetFiles, StoreFiles, indexed_rows
 from openprofile.engine.structure import Structure, quote_identifier, to_duckdb_type
 
 
@@ -49,22 +51,26 @@ class IdentityHit:
     cluster_size: int
 
 
-def find_identity(conn: duckdb.DuckDBPyConnection, identities: Path, xid: str) -> IdentityHit | None:
+def find_identity(conn: duckdb.DuckDBPyConnection, identities: Path, xid: str, *, ids: bool = True
+                  ) -> IdentityHit | None:
+    """The identity of an XID, with its cluster. Without `ids` its `id` is not read (it is `""`): decoding the
+    identity strings of a row group is a good part of a point lookup."""
     rows = conn.execute(
-        f"SELECT replace(xid::VARCHAR, '-', ''), ns, id, replace(cluster::VARCHAR, '-', ''), cluster_size "
-        f"FROM read_parquet('{identities}') WHERE xid = ?::UUID", [xid]
-    ).fetchall()
+        f"SELECT replace(xid::VARCHAR, '-', ''), ns, {'id' if ids else chr(39) * 2}, "
+        f"replace(cluster::VARCHAR, '-', ''), cluster_size FROM read_parquet('{identities}') WHERE xid = ?::UUID",
+        [xid]).fetchall()
     if not rows:
         return None
     found = rows[0]
     return IdentityHit(str(found[0]), str(found[1]), str(found[2]), str(found[3]), int(found[4]))
 
 
-def cluster_members(conn: duckdb.DuckDBPyConnection, members: Path, cluster: str) -> list[tuple[str, str, str]]:
-    """(xid, namespace, id) of every identity in the cluster, ordered by XID."""
+def cluster_members(conn: duckdb.DuckDBPyConnection, members: Path, cluster: str, *, ids: bool = True
+                    ) -> list[tuple[str, str, str]]:
+    """(xid, namespace, id) of every identity in the cluster, ordered by XID (without `ids`, every id is `""`)."""
     rows = conn.execute(
-        f"SELECT replace(xid::VARCHAR, '-', ''), ns, id FROM read_parquet('{members}') WHERE cluster = ?::UUID "
-        "ORDER BY xid", [cluster]
+        f"SELECT replace(xid::VARCHAR, '-', ''), ns, {'id' if ids else chr(39) * 2} FROM read_parquet('{members}') "
+        "WHERE cluster = ?::UUID ORDER BY xid", [cluster]
     ).fetchall()
     return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
@@ -96,18 +102,22 @@ def fragment_sources(view: StoreView, datasets: dict[str, DatasetFiles], *, stit
     return sources
 
 
-def events_sql(view: StoreView, datasets: list[DatasetFiles], members: list[str], *, start_ms: int | None,
-               end_ms: int | None, descending: bool, limit: int, offset: int) -> str:
-    """One profile's events, oldest or newest first by event time (`startTime` inclusive, `endTime` exclusive)."""
+def events_sql(view: StoreView, datasets: list[DatasetFiles], members: list[tuple[str, str, str]], *,
+               start_ms: int | None, end_ms: int | None, descending: bool, limit: int, offset: int) -> str:
+    """One profile's events, oldest or newest first by event time (`startTime` inclusive, `endTime` exclusive).
+    `members` are (xid, namespace, id); each event index is asked only about the namespaces it has."""
     conditions = ["TRUE"]
     if start_ms is not None:
         conditions.append(f'epoch_ms("timestamp") >= {int(start_ms)}')
     if end_ms is not None:
         conditions.append(f'epoch_ms("timestamp") < {int(end_ms)}')
     direction = "DESC" if descending else "ASC"
-    union = " UNION ALL BY NAME ".join(
-        f"SELECT * FROM {indexed_rows(view.lake_root, view.files, d, where=members_filter(members))}"
-        for d in datasets)
+    selects = []
+    for entry in datasets:
+        wanted = dataset_members(entry, members)
+        where = members_filter(wanted) if wanted else "FALSE"
+        selects.append(f"SELECT * FROM {indexed_rows(view.lake_root, view.files, entry, where=where)}")
+    union = " UNION ALL BY NAME ".join(selects)
     return (f"SELECT * FROM ({union}) WHERE {' AND '.join(conditions)} "
             f'ORDER BY "timestamp" {direction}, "_id" {direction} LIMIT {int(limit)} OFFSET {int(offset)}')
 
@@ -115,25 +125,23 @@ def events_sql(view: StoreView, datasets: list[DatasetFiles], members: list[str]
 # --------------------------------------------------------------------------------------------------
 # Lookups
 
-_SYSTEM_TYPES = {"_xid": "UUID", "_identity_ns": "VARCHAR", "_identity_id": "VARCHAR", "_ingest_ms": "BIGINT",
-                 "_batch": "VARCHAR", "_group": "VARCHAR", "_dataset": "VARCHAR"}
+_SYSTEM_TYPES = {"_ingest_ms": "BIGINT", "_batch": "VARCHAR", "_group": "VARCHAR", "_dataset": "VARCHAR"}
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One index row of a lookup: which lake row holds a fragment of the group, with its system columns."""
+    """One index row of a lookup: which lake row holds a fragment of the group, with the system columns the
+    merge reads."""
 
     file: str
     rn: int
-    xid: str
-    ns: str
-    id: str
     ingest_ms: int
     batch: str
 
 
 def fragment_row_type(structure: Structure) -> str:
-    """The DuckDB STRUCT type of one fragment row of a dataset: its record columns, then the system columns."""
+    """The DuckDB STRUCT type of one fragment row of a dataset: its record columns, then the system columns the
+    merge reads."""
     fields = [f"{quote_identifier(k)} {to_duckdb_type(v)}" for k, v in structure.items() if k not in _SYSTEM_TYPES]
     fields += [f"{k} {t}" for k, t in _SYSTEM_TYPES.items()]
     return f"STRUCT({', '.join(fields)})"
@@ -151,19 +159,32 @@ def parameter_sources(datasets: dict[str, DatasetFiles]) -> tuple[list[FragmentS
     return sources, row_types
 
 
+def dataset_members(entry: DatasetFiles, members: list[tuple[str, str, str]]) -> list[str]:
+    """The XIDs of the members (xid, namespace, id) that can be in the dataset's index: those of the namespaces
+    it has (every member when the store did not record them)."""
+    if entry.namespaces is None:
+        return [m[0] for m in members]
+    namespaces = set(entry.namespaces)
+    return [m[0] for m in members if m[1] in namespaces]
+
+
 def fragment_hits(conn: duckdb.DuckDBPyConnection, view: StoreView, datasets: dict[str, DatasetFiles],
-                  members: list[str]) -> list[list[Hit]]:
-    """For each dataset (in order), the index rows of the member XIDs: one query over every index."""
-    if not datasets or not members:
-        return [[] for _ in datasets]
+                  members: list[tuple[str, str, str]]) -> list[list[Hit]]:
+    """For each dataset (in order), the index rows of the members (xid, namespace, id): one query over every
+    index, each asked only about the members of its namespaces."""
     selects = []
     for number, entry in enumerate(datasets.values()):
+        wanted = dataset_members(entry, members)
+        if not wanted or not entry.files:
+            continue
         index = ", ".join(_quote(str(view.files.path(f))) for f in entry.files)
-        selects.append(f"SELECT {number} AS k, _file, _rn, replace(_xid::VARCHAR, '-', ''), _identity_ns, "
-                       f"_identity_id, _ingest_ms, _batch FROM read_parquet([{index}]) WHERE {members_filter(members)}")
+        selects.append(f"SELECT {number} AS k, _file, _rn, _ingest_ms, _batch FROM read_parquet([{index}]) "
+                       f"WHERE {members_filter(wanted)}")
     found: list[list[Hit]] = [[] for _ in datasets]
-    for k, file, rn, hit_xid, ns, ident, ingest_ms, batch in conn.execute(" UNION ALL ".join(selects)).fetchall():
-        found[int(k)].append(Hit(str(file), int(rn), str(hit_xid), str(ns), str(ident), int(ingest_ms), str(batch)))
+    if not selects:
+        return found
+    for k, file, rn, ingest_ms, batch in conn.execute(" UNION ALL ".join(selects)).fetchall():
+        found[int(k)].append(Hit(str(file), int(rn), int(ingest_ms), str(batch)))
     for hits in found:
         hits.sort(key=lambda h: (h.file, h.rn))
     return found
@@ -180,43 +201,10 @@ def fetch_sql(view: StoreView, datasets: dict[str, DatasetFiles], row_types: lis
             statements.append(f"SET VARIABLE {variable}{number} = CAST([] AS {row_type}[])")
             continue
         rows = " UNION ALL ".join(
-            f"SELECT struct_insert(__l, _xid := {_quote(h.xid)}::UUID, _identity_ns := {_quote(h.ns)}, "
-            f"_identity_id := {_quote(h.id)}, _ingest_ms := {int(h.ingest_ms)}::BIGINT, _batch := {_quote(h.batch)}, "
+            f"SELECT struct_insert(__l, _ingest_ms := {int(h.ingest_ms)}::BIGINT, _batch := {_quote(h.batch)}, "
             f"_group := {_quote(group)}, _dataset := {_quote(dataset_id)}) AS __row "
             f"FROM read_parquet({_quote(str(view.lake_root / h.file))}, file_row_number = true) __l "
             f"WHERE file_row_number = {int(h.rn)}"
             for h in found)
         statements.append(f"SET VARIABLE {variable}{number} = (SELECT CAST(list(__row) AS {row_type}[]) FROM ({rows}))")
     return statements
-
-
-def profile_fragments(conn: duckdb.DuckDBPyConnection, view: StoreView, datasets: dict[str, DatasetFiles],
-                      members: list[str], group: str) -> list[FragmentSource]:
-    """One profile's fragments read into this connection's temp tables `__frag_N`: point lookups in the
-    indexes (sorted by `_xid`), then exactly the lake rows they name (Parquet skips the other row groups).
-    A lookup then merges a handful of rows instead of joining whole datasets."""
-    sources = []
-    for number, (dataset_id, entry) in enumerate(datasets.items()):
-        index = ", ".join(_quote(str(view.files.path(f))) for f in entry.files)
-        conn.execute(f"CREATE OR REPLACE TEMP TABLE __idx AS SELECT * FROM read_parquet([{index}]) "
-                     f"WHERE {members_filter(members)}")
-        hits = conn.execute("SELECT DISTINCT _file, _rn FROM __idx ORDER BY _file, _rn").fetchall()
-        name = f"__frag_{number}"
-        if not hits:
-            conn.execute(f"DROP TABLE IF EXISTS {name}")
-            continue
-        rows = " UNION ALL BY NAME ".join(
-            f"SELECT *, {_quote(str(file))} AS __file FROM read_parquet({_quote(str(view.lake_root / str(file)))}, "
-            f"file_row_number = true) WHERE file_row_number = {int(rn)}"
-            for file, rn in hits
-        )
-        system = ", ".join(f"i.{c}" for c in SYSTEM_COLUMNS)
-        conn.execute(f"""
-            CREATE OR REPLACE TEMP TABLE {name} AS
-            SELECT l.* EXCLUDE (__file, file_row_number), {system}, {_quote(group)} AS _group,
-                   {_quote(dataset_id)} AS _dataset
-            FROM ({rows}) l JOIN __idx i ON i._file = l.__file AND i._rn = l.file_row_number
-        """)
-        sources.append(FragmentSource(dataset_id, name, entry.structure))
-    conn.execute("DROP TABLE IF EXISTS __idx")
-    return sources

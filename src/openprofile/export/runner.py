@@ -28,7 +28,7 @@ from openprofile.engine.export import (
     SegmentCondition,
     WrittenBatch,
     event_relations,
-    export_sql,
+    export_query,
     write_parquet,
 )
 from openprofile.engine.fields import parse_fields
@@ -41,6 +41,11 @@ from openprofile.profile import store as profile_store
 from openprofile.profile.policies import MergePolicy, resolve_merge_policy
 
 log = logging.getLogger(__name__)
+
+EXPORT_MEMORY_LIMIT = "1GB"
+"""DuckDB's memory limit for one export job (it runs inside the server process): past it, its sorts, joins
+and aggregates spill to the data directory's `tmp/duckdb`. Arrow batches on their way to the Parquet writer
+come on top."""
 
 
 class Cancelled(Exception):
@@ -112,6 +117,9 @@ def _watch(platform: Platform, job: jobs.ExportJob, conn: duckdb.DuckDBPyConnect
         if current is None or current.status == jobs.CANCELLING:
             cancelled.set()
             conn.interrupt()
+            for written in progress:
+                for cursor in list(written.cursors):
+                    cursor.interrupt()
             return
 
 
@@ -157,7 +165,7 @@ def _execute(platform: Platform, job: jobs.ExportJob) -> dict[str, tuple[Written
     with platform.engine.connect() as conn:
         policy = resolve_merge_policy(conn, job.tenant, job.merge_policy["id"], job.merge_policy["version"])
     plan = build_plan(platform, snapshot, policy, job.request)
-    duck = connect(platform.settings.engine_threads, None, platform.settings.data_dir / "tmp" / "duckdb")
+    duck = connect(platform.settings.engine_threads, EXPORT_MEMORY_LIMIT, platform.settings.data_dir / "tmp" / "duckdb")
     stop, cancelled = threading.Event(), threading.Event()
     progress: list[WrittenBatch] = []
     watcher = threading.Thread(target=_watch, args=(platform, job, duck, stop, cancelled, progress), daemon=True)
@@ -176,9 +184,9 @@ def _execute(platform: Platform, job: jobs.ExportJob) -> dict[str, tuple[Written
             if not plan.sources and plan.events is None:
                 raise ExportError("EXPORT_NO_DATA", "No profile-enabled dataset has data for this merge policy yet.")
             staged = platform.lake.staging_dir(batch_id)
-            sql = export_sql(plan, only_segment=segment)
+            query = export_query(plan, only_segment=segment, table=f"__export_rows_{len(progress)}")
             progress.append(WrittenBatch())
-            results[batch_id] = (write_parquet(duck, sql, staged, rows_per_file=platform.settings.rows_per_file,
+            results[batch_id] = (write_parquet(duck, query, staged, rows_per_file=platform.settings.rows_per_file,
                                                result=progress[-1]), staged)
     except duckdb.InterruptException:
         raise Cancelled from None

@@ -34,29 +34,41 @@ from openprofile.profile.policies import MergePolicy
 PROFILE_SCHEMA = "_xdm.context.profile"
 EVENT_SCHEMA = "_xdm.context.experienceevent"
 MAX_PREPARED = 16  # lookup statements kept per thread (per store generation, policy and projection)
+MAX_GENERATIONS = 32  # store generations read before the lookup database (and its metadata cache) is renewed
+LOOKUP_MEMORY_LIMIT = "2GB"
 _local = threading.local()
 _database_lock = threading.Lock()
 _database: duckdb.DuckDBPyConnection | None = None
+_generations: set[tuple[str, int]] = set()
 
 
-def _shared_database() -> duckdb.DuckDBPyConnection:
+def _shared_database(generation: tuple[str, int] | None) -> duckdb.DuckDBPyConnection:
     """One in-memory DuckDB for every lookup thread, so the Parquet metadata cache (store and lake files are
-    immutable) and the buffer pool are shared; each query runs on its caller's thread."""
+    immutable) and the buffer pool are shared; each query runs on its caller's thread. Each generation of a
+    store names new index files, so after `MAX_GENERATIONS` the database is replaced by a fresh one: the
+    cache keeps only files that are still read, and memory stays bounded."""
     global _database
     with _database_lock:
+        if generation is not None and generation not in _generations:
+            if len(_generations) >= MAX_GENERATIONS:
+                _generations.clear()
+                _database = None
+            _generations.add(generation)
         if _database is None:
             database = duckdb.connect()
             database.execute("SET threads = 1")
-            database.execute("SET parquet_metadata_cache = true")
-            database.execute("SET preserve_insertion_order = false")
+            database.execute(f"SET memory_limit = '{LOOKUP_MEMORY_LIMIT}'")
+            database.execute("SET GLOBAL parquet_metadata_cache = true")
+            database.execute("SET GLOBAL preserve_insertion_order = false")
             _database = database
         return _database
 
 
 @dataclass
 class _Session:
-    """A thread's DuckDB connection and the lookup statements it has prepared."""
+    """A thread's DuckDB connection (a cursor of the shared database) and the lookup statements it prepared."""
 
+    database: duckdb.DuckDBPyConnection
     conn: duckdb.DuckDBPyConnection
     prepared: OrderedDict[tuple[Any, ...], _Prepared] = field(default_factory=OrderedDict)
     names: itertools.count[int] = field(default_factory=itertools.count)
@@ -70,17 +82,21 @@ class _Prepared:
     paths: list[str] | None
 
 
-def _session() -> _Session:
+def _session(snapshot: store.StoreSnapshot | None = None) -> _Session:
+    generation = None if snapshot is None else (str(snapshot.view.files.root), snapshot.manifest.generation)
+    database = _shared_database(generation)
     session: _Session | None = getattr(_local, "session", None)
-    if session is None:
-        session = _Session(_shared_database().cursor())
+    if session is None or session.database is not database:
+        if session is not None:
+            session.conn.close()
+        session = _Session(database, database.cursor())
         _local.session = session
     return session
 
 
-def _duck() -> duckdb.DuckDBPyConnection:
+def _duck(snapshot: store.StoreSnapshot | None = None) -> duckdb.DuckDBPyConnection:
     """This thread's DuckDB connection."""
-    return _session().conn
+    return _session(snapshot).conn
 
 
 def access_error(error: PlatformError) -> PlatformError:
@@ -129,11 +145,13 @@ def _requested_xid(entity_id: str, namespace: str | None, field: str = "entityId
 
 
 def find_profile(platform: Platform, snapshot: store.StoreSnapshot, policy: MergePolicy, entity_id: str,
-                 namespace: str | None, field: str = "entityId") -> Profile:
+                 namespace: str | None, field: str = "entityId", *, ids: bool = True) -> Profile:
+    """The requested identity's profile: its group and members (xid, namespace, id); without `ids` the members'
+    ids are not read (`""`), which is all a lookup needs."""
     requested = _requested_xid(entity_id, namespace, field)
     described = f"{namespace}:{entity_id}" if namespace else entity_id
     identities = snapshot.manifest.identities
-    hit = plans.find_identity(_duck(), snapshot.path(identities), requested) if identities else None
+    hit = plans.find_identity(_duck(snapshot), snapshot.path(identities), requested, ids=ids) if identities else None
     if hit is None:
         raise access_error(NotFound(f"No profile found for identity '{described}'."))
     if policy.identity_graph == "pdg":
@@ -142,7 +160,7 @@ def find_profile(platform: Platform, snapshot: store.StoreSnapshot, policy: Merg
                 f"Too many related identities: the graph of '{described}' links {hit.cluster_size} identities, "
                 f"more than {platform.settings.max_graph_identities}."))
         assert snapshot.manifest.members is not None
-        members = plans.cluster_members(_duck(), snapshot.path(snapshot.manifest.members), hit.cluster)
+        members = plans.cluster_members(_duck(), snapshot.path(snapshot.manifest.members), hit.cluster, ids=ids)
         return Profile(requested, hit.cluster, members)
     return Profile(requested, hit.xid, [(hit.xid, hit.namespace, hit.id)])
 
@@ -206,8 +224,8 @@ def merged_entity(platform: Platform, snapshot: store.StoreSnapshot, policy: Mer
     datasets = _record_datasets(snapshot, policy)
     if not datasets:
         return None
-    session = _session()
-    hits = plans.fragment_hits(session.conn, snapshot.view, datasets, [m[0] for m in profile.members])
+    session = _session(snapshot)
+    hits = plans.fragment_hits(session.conn, snapshot.view, datasets, profile.members)
     if not any(hits):
         return None
     statement = _lookup_statement(session, snapshot, datasets, merge_rule(policy), paths)
@@ -242,7 +260,7 @@ def lookup(platform: Platform, tenant: Tenant, policy: MergePolicy, entity_id: s
            fields: str | list[str] | None) -> dict[str, Any]:
     snapshot = store.snapshot(platform, tenant)
     paths = parse_and_check_fields(fields, profile_fields(snapshot))
-    profile = find_profile(platform, snapshot, policy, entity_id, namespace)
+    profile = find_profile(platform, snapshot, policy, entity_id, namespace, ids=False)
     entity = merged_entity(platform, snapshot, policy, profile, paths)
     if entity is None:
         raise access_error(NotFound(f"No profile found for identity '{entity_id}'."))
@@ -263,15 +281,15 @@ def events(platform: Platform, tenant: Tenant, policy: MergePolicy, entity_id: s
     snapshot = store.snapshot(platform, tenant)
     structure = event_fields(snapshot)
     paths = parse_and_check_fields(fields, structure)
-    profile = find_profile(platform, snapshot, policy, entity_id, namespace, "relatedEntityId")
+    profile = find_profile(platform, snapshot, policy, entity_id, namespace, "relatedEntityId", ids=False)
     # Events are appended, never merged: every profile-enabled event dataset contributes, under any policy.
     datasets = list(snapshot.event_datasets().values())
     if not datasets:
         return [], False
-    base = plans.events_sql(snapshot.view, datasets, [m[0] for m in profile.members], start_ms=start_ms,
+    base = plans.events_sql(snapshot.view, datasets, profile.members, start_ms=start_ms,
                             end_ms=end_ms, descending=descending, limit=limit + 1, offset=offset)
     projection = ", ".join(project_sql(paths, structure, source="e"))
-    table = _duck().sql(
+    table = _duck(snapshot).sql(
         f"SELECT {projection}, e._id AS __event_id, epoch_ms(e.\"timestamp\") AS __ts, e._ingest_ms AS __ingest "
         f"FROM ({base}) e").to_arrow_table()
     rows = table.to_pylist()

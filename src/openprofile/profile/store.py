@@ -32,6 +32,7 @@ from openprofile.identity.namespaces import xid
 
 JOB_KIND = "profile.apply"
 PENDING, APPLIED, SKIPPED = "pending", "applied", "skipped"
+APPLY_MEMORY_LIMIT = "3GB"  # DuckDB's memory for one apply; past it, sorts, joins and aggregates spill to disk
 
 
 def store_files(platform: Platform, tenant: Tenant) -> StoreFiles:
@@ -93,7 +94,7 @@ def apply_pending(platform: Platform, tenant: Tenant) -> int:
                 return applied
             if inputs:
                 apply_batches(files, platform.lake.root, inputs, tombstones=tombstones, now_ms=now_ms(),
-                              threads=platform.settings.engine_threads)
+                              threads=platform.settings.engine_threads, memory_limit=APPLY_MEMORY_LIMIT)
             with platform.engine.begin() as conn:
                 for batch_input in inputs:
                     _mark(conn, batch_input.batch_id, APPLIED)
@@ -157,7 +158,7 @@ def snapshot(platform: Platform, tenant: Tenant) -> StoreSnapshot:
     files = store_files(platform, tenant)
     with platform.engine.connect() as conn:
         live = {d.id: d for d in catalog.find_datasets(conn, tenant) if d.profile_enabled}
-    return StoreSnapshot(StoreView(platform.lake.root, files), files.current(), live)
+    return StoreSnapshot(StoreView(platform.lake.root, files), files.current(shared=True), live)
 
 
 def record_deletion(conn: Connection, tenant: Tenant, identities: list[tuple[str, str]]) -> None:
@@ -178,5 +179,5 @@ def apply_now(platform: Platform, tenant: Tenant) -> None:
             tombstones = _tombstones(conn, tenant)
         if files.current().generation:
             apply_batches(files, platform.lake.root, [], tombstones=tombstones, now_ms=now_ms(),
-                          threads=platform.settings.engine_threads)
+                          threads=platform.settings.engine_threads, memory_limit=APPLY_MEMORY_LIMIT)
     apply_pending(platform, tenant)

@@ -1,0 +1,115 @@
+"""The export's writing side (`openprofile.engine.export`): profile rows streamed into Parquet files, each row's
+events attached from a second, position-ordered stream, and a stitched profile's cluster identities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from openprofile.engine import export
+from openprofile.engine.export import ExportQuery, WrittenBatch, with_cluster_identities, write_parquet
+
+PROFILES = ("SELECT x, __ns FROM (VALUES ('a', 'email'), ('b', 'crmid'), ('c', 'email'), ('d', 'email'), "
+            "('e', 'crmid')) t(x, __ns) ORDER BY x")
+EVENTS = ("SELECT pos AS __pos, {'id': id, 'n': n} AS __event FROM (VALUES (1, 'e1', 1), (1, 'e2', 2), (3, 'e3', 3), "
+          "(4, 'e4', 4), (4, 'e5', 5), (4, 'e6', 6)) t(pos, id, n) ORDER BY pos, id")
+
+
+def rows(out: Path, written: WrittenBatch) -> list[dict[str, Any]]:
+    return [r for name, _, _ in written.files for r in pq.read_table(out / name).to_pylist()]
+
+
+@pytest.fixture
+def conn() -> duckdb.DuckDBPyConnection:
+    return duckdb.connect()
+
+
+@pytest.mark.parametrize("batch_rows", [1, 2, 3, 100])
+def test_events_attach_to_their_profile_rows(conn: duckdb.DuckDBPyConnection, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, batch_rows: int) -> None:
+    # Small batches on both streams: a profile batch's events end in the middle of an event batch, or later.
+    monkeypatch.setattr(export, "BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(export, "EVENT_BATCH_ROWS", batch_rows)
+    written = write_parquet(conn, ExportQuery(PROFILES, EVENTS), tmp_path, rows_per_file=1000)
+    got = {r["x"]: r["timeSeriesEvents"] for r in rows(tmp_path, written)}
+    assert got == {
+        "a": [{"id": "e1", "n": 1}, {"id": "e2", "n": 2}],
+        "b": None,  # no event: NULL, not []
+        "c": [{"id": "e3", "n": 3}],
+        "d": [{"id": "e4", "n": 4}, {"id": "e5", "n": 5}, {"id": "e6", "n": 6}],
+        "e": None,
+    }
+    assert written.rows == 5 and sum(f[2] for f in written.files) == 5
+    assert dict(written.by_namespace) == {"email": 3, "crmid": 2}
+    assert written.schema is not None and written.schema.names == ["x", "timeSeriesEvents"]
+    assert written.schema.field("timeSeriesEvents").type == pa.list_(
+        pa.field("l", pa.struct([pa.field("id", pa.string()), pa.field("n", pa.int32())])))
+
+
+def test_setup_runs_first_and_cleanup_last(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    query = ExportQuery("SELECT * FROM t ORDER BY x", setup=("CREATE TABLE t AS SELECT range AS x FROM range(3)",),
+                        cleanup=("DROP TABLE t",))
+    written = write_parquet(conn, query, tmp_path, rows_per_file=10)
+    assert [r["x"] for r in rows(tmp_path, written)] == [0, 1, 2]
+    assert conn.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = 't'").fetchall() == [(0,)]
+
+
+def test_files_hold_at_most_rows_per_file(conn: duckdb.DuckDBPyConnection, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export, "BATCH_ROWS", 4)
+    written = write_parquet(conn, "SELECT range AS x FROM range(23)", tmp_path, rows_per_file=5)
+    assert sorted(r["x"] for r in rows(tmp_path, written)) == list(range(23))
+    assert all(0 < count <= 5 for _, _, count in written.files)
+    assert [name for name, _, _ in written.files] == [f"part-{i:05d}.parquet" for i in range(len(written.files))]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name for name, _, _ in written.files]
+    for name, size, count in written.files:
+        assert (tmp_path / name).stat().st_size == size and pq.read_metadata(tmp_path / name).num_rows == count
+    assert written.rows == 23
+
+
+def test_an_empty_export_is_one_empty_file(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    query = ExportQuery("SELECT 'a' AS x, 'email' AS __ns WHERE false",
+                        "SELECT 1::BIGINT AS __pos, {'id': 'e'} AS __event WHERE false")
+    written = write_parquet(conn, query, tmp_path, rows_per_file=10)
+    (name, _, count), = written.files
+    table = pq.read_table(tmp_path / name)
+    assert count == 0 and table.num_rows == 0 and table.schema.names == ["x", "timeSeriesEvents"]
+
+
+def test_a_failing_query_still_cleans_up(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    query = ExportQuery("SELECT error('boom') AS x FROM t", setup=("CREATE TABLE t AS SELECT 1 AS x",),
+                        cleanup=("DROP TABLE t",))
+    with pytest.raises(duckdb.Error, match="boom"):
+        write_parquet(conn, query, tmp_path, rows_per_file=10)
+    assert conn.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = 't'").fetchall() == [(0,)]
+
+
+def test_cluster_identities_add_the_members_the_fragments_do_not_name(conn: duckdb.DuckDBPyConnection,
+                                                                       tmp_path: Path) -> None:
+    members = tmp_path / "members.parquet"
+    conn.execute(f"""COPY (SELECT * FROM (VALUES
+        ('00000000-0000-0000-0000-000000000001'::UUID, 'email', 'b@x'),
+        ('00000000-0000-0000-0000-000000000001'::UUID, 'crmid', 'C1'),
+        ('00000000-0000-0000-0000-000000000001'::UUID, 'ecid', 'a1'),
+        ('00000000-0000-0000-0000-000000000002'::UUID, 'email', 'z@x')) t(cluster, ns, id)) TO '{members}'""")
+    merged = """SELECT * FROM (VALUES
+        ('00000000000000000000000000000001',
+         [{'id': 'C1', 'namespace': {'code': 'crmid'}, 'primary': true},
+          {'id': 'b@x', 'namespace': {'code': 'email'}, 'primary': false}]),
+        ('00000000000000000000000000000003', [{'id': 'q', 'namespace': {'code': 'phone'}, 'primary': true}])
+        ) t(_group, identities)"""
+    got = dict(conn.sql(f"SELECT _group, identities FROM ({with_cluster_identities(merged, members)})").fetchall())
+    assert got == {
+        # ordered by (id, namespace); the fragments' primary flag kept, members they do not name not primary
+        "00000000000000000000000000000001": [
+            {"id": "C1", "namespace": {"code": "crmid"}, "primary": True},
+            {"id": "a1", "namespace": {"code": "ecid"}, "primary": False},
+            {"id": "b@x", "namespace": {"code": "email"}, "primary": False},
+        ],
+        "00000000000000000000000000000003": [{"id": "q", "namespace": {"code": "phone"}, "primary": True}],
+    }
