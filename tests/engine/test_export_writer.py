@@ -12,7 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from openprofile.engine import export
-from openprofile.engine.export import ExportQuery, WrittenBatch, with_cluster_identities, write_parquet
+from openprofile.engine.export import (
+    EventPlan,
+    ExportPart,
+    ExportPlan,
+    WrittenBatch,
+    export_query,
+    with_cluster_identities,
+    write_parquet,
+)
+from openprofile.engine.merge import FragmentSource, MergeRule
+from openprofile.engine.structure import Structure, TypeNode
 
 PROFILES = ("SELECT x, __ns FROM (VALUES ('a', 'email'), ('b', 'crmid'), ('c', 'email'), ('d', 'email'), "
             "('e', 'crmid')) t(x, __ns) ORDER BY x")
@@ -35,7 +45,7 @@ def test_events_attach_to_their_profile_rows(conn: duckdb.DuckDBPyConnection, tm
     # Small batches on both streams: a profile batch's events end in the middle of an event batch, or later.
     monkeypatch.setattr(export, "BATCH_ROWS", batch_rows)
     monkeypatch.setattr(export, "EVENT_BATCH_ROWS", batch_rows)
-    written = write_parquet(conn, ExportQuery(PROFILES, EVENTS), tmp_path, rows_per_file=1000)
+    written = write_parquet(conn, ExportPart(PROFILES, EVENTS), tmp_path, rows_per_file=1000)
     got = {r["x"]: r["timeSeriesEvents"] for r in rows(tmp_path, written)}
     assert got == {
         "a": [{"id": "e1", "n": 1}, {"id": "e2", "n": 2}],
@@ -52,7 +62,7 @@ def test_events_attach_to_their_profile_rows(conn: duckdb.DuckDBPyConnection, tm
 
 
 def test_setup_runs_first_and_cleanup_last(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
-    query = ExportQuery("SELECT * FROM t ORDER BY x", setup=("CREATE TABLE t AS SELECT range AS x FROM range(3)",),
+    query = ExportPart("SELECT * FROM t ORDER BY x", setup=("CREATE TABLE t AS SELECT range AS x FROM range(3)",),
                         cleanup=("DROP TABLE t",))
     written = write_parquet(conn, query, tmp_path, rows_per_file=10)
     assert [r["x"] for r in rows(tmp_path, written)] == [0, 1, 2]
@@ -73,7 +83,7 @@ def test_files_hold_at_most_rows_per_file(conn: duckdb.DuckDBPyConnection, tmp_p
 
 
 def test_an_empty_export_is_one_empty_file(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
-    query = ExportQuery("SELECT 'a' AS x, 'email' AS __ns WHERE false",
+    query = ExportPart("SELECT 'a' AS x, 'email' AS __ns WHERE false",
                         "SELECT 1::BIGINT AS __pos, {'id': 'e'} AS __event WHERE false")
     written = write_parquet(conn, query, tmp_path, rows_per_file=10)
     (name, _, count), = written.files
@@ -82,7 +92,7 @@ def test_an_empty_export_is_one_empty_file(conn: duckdb.DuckDBPyConnection, tmp_
 
 
 def test_a_failing_query_still_cleans_up(conn: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
-    query = ExportQuery("SELECT error('boom') AS x FROM t", setup=("CREATE TABLE t AS SELECT 1 AS x",),
+    query = ExportPart("SELECT error('boom') AS x FROM t", setup=("CREATE TABLE t AS SELECT 1 AS x",),
                         cleanup=("DROP TABLE t",))
     with pytest.raises(duckdb.Error, match="boom"):
         write_parquet(conn, query, tmp_path, rows_per_file=10)
@@ -113,3 +123,30 @@ def test_cluster_identities_add_the_members_the_fragments_do_not_name(conn: duck
         ],
         "00000000000000000000000000000003": [{"id": "q", "namespace": {"code": "phone"}, "primary": True}],
     }
+
+
+def test_a_sliced_export_writes_the_same_rows(tmp_path: Path) -> None:
+    """Merged in slices of the groups (fragments split into Arrow files first) or at once: the same rows."""
+    conn = duckdb.connect()
+    person: TypeNode = {"struct": {"name": "VARCHAR", "age": "BIGINT"}}
+    structure: Structure = {"person": person, "tags": {"list": "VARCHAR"}}
+    for name, offset in (("crm", 0), ("loyalty", 1)):
+        conn.execute(f"""CREATE TABLE {name} AS SELECT 'g' || (range % 40)::VARCHAR AS _group, '{name}' AS _dataset,
+                         1000 + range + {offset} AS _ingest_ms, 'b-{name}' AS _batch,
+                         {{'name': CASE WHEN range % 3 = {offset} THEN NULL ELSE '{name}' || range::VARCHAR END,
+                           'age': range}} AS person, ['t' || range::VARCHAR] AS tags
+                         FROM range(100)""")
+    conn.execute("""CREATE TABLE ev AS SELECT 'g' || (range % 50)::VARCHAR AS _group, range AS _ingest_ms,
+                    'x' || range::VARCHAR AS _xid, 'e' || range::VARCHAR AS _id,
+                    TIMESTAMPTZ '2024-01-01' + to_seconds(range % 7) AS "timestamp" FROM range(300)""")
+    sources = [FragmentSource(n, n, structure) for n in ("crm", "loyalty")]
+    events = EventPlan(["ev"], {"_id": "VARCHAR", "timestamp": "TIMESTAMPTZ"}, None)
+    for event_plan in (None, events):
+        got = []
+        for slices in (1, 3):
+            plan = ExportPlan(sources, MergeRule("timestampOrdered"), events=event_plan, slices=slices)
+            out = tmp_path / f"{slices}-{event_plan is not None}"
+            written = write_parquet(conn, export_query(plan, scratch=tmp_path / "scratch"), out, rows_per_file=1000)
+            got.append(sorted(rows(out, written), key=lambda r: str(r["person"])))
+            assert not (tmp_path / "scratch").exists()
+        assert got[0] == got[1] and len(got[0]) == 40

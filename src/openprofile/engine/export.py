@@ -15,11 +15,13 @@ profile with only events (`emptyProfiles: true`) carries the identities its even
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from openprofile.engine.fields import project_sql, project_structure
@@ -77,6 +80,7 @@ class ExportPlan:
     from_ingest_ms: int | None = None
     empty_profiles: bool = False
     events: EventPlan | None = None
+    slices: int = 1  # the profiles are merged in this many slices of their groups (`slice_count`)
 
 
 def output_structure(plan: ExportPlan) -> Structure:
@@ -105,9 +109,8 @@ def _event_union(events: EventPlan) -> str:
     return " UNION ALL BY NAME ".join(f"SELECT * FROM {r}" for r in events.relations)
 
 
-def _events_select(events: EventPlan, rows: str) -> str:
-    """The exported rows' events inside the ingestion window, projected, one row each — `__pos`, the position of
-    its profile in `rows` by `__group`, and `__event` — ordered by (`__pos`, event time)."""
+def _events_projected(events: EventPlan) -> str:
+    """The events inside the ingestion window, projected: `_group`, `__event` and the sort keys `__t`, `_xid`."""
     window = ["TRUE"]
     if events.from_ingest_ms is not None:
         window.append(f"e._ingest_ms > {int(events.from_ingest_ms)}")
@@ -118,15 +121,30 @@ def _events_select(events: EventPlan, rows: str) -> str:
     fields = ", ".join(f"{quote_identifier(n)} := {item[: -len(' AS ' + quote_identifier(n))]}"
                        for n, item in zip(names, items, strict=True))
     order = 'e."timestamp"' if "timestamp" in events.structure else "e._ingest_ms"
+    return (f"(SELECT e._group, struct_pack({fields}) AS __event, {order} AS __t, e._xid "
+            f"FROM ({_event_union(events)}) e WHERE {' AND '.join(window)})")
+
+
+def _events_select(projected: str, rows: str) -> str:
+    """The exported rows' events, one row each — `__pos`, the position of its profile in `rows` by `__group`,
+    and `__event` — ordered by (`__pos`, event time)."""
     return (f"WITH __g AS (SELECT __group, row_number() OVER (ORDER BY __group) AS __pos FROM {rows}) "
-            f"SELECT g.__pos, struct_pack({fields}) AS __event FROM ({_event_union(events)}) e "
-            f"JOIN __g g ON g.__group = e._group WHERE {' AND '.join(window)} ORDER BY g.__pos, {order}, e._xid")
+            f"SELECT g.__pos, e.__event FROM {projected} e JOIN __g g ON g.__group = e._group "
+            f"ORDER BY g.__pos, e.__t, e._xid")
 
 
-def with_cluster_identities(merged: str, members: Path) -> str:
+def members_relation(members: Path) -> str:
+    """The members index as (_group, ns, id): every identity with the key of its cluster's profile."""
+    return f"(SELECT replace(cluster::VARCHAR, '-', '') AS _group, ns, id FROM read_parquet('{members}'))"
+
+
+def with_cluster_identities(merged: str, members: str | Path) -> str:
     """A stitched profile's `identities` are every identity of its cluster (aep-semantics §2.5), not only those
     its record fragments name: members the fragments do not name are added, not primary. The list is ordered
-    by (id, namespace): the items keyed (id, namespace, not primary) and sorted, the first of each run kept."""
+    by (id, namespace): the items keyed (id, namespace, not primary) and sorted, the first of each run kept.
+    `members` is a relation of (_group, ns, id), or the members index itself (`members_relation`)."""
+    if isinstance(members, Path):
+        members = members_relation(members)
     keyed = ("list_sort(list_concat(list_transform(m.\"identities\", lambda x: {'i': x.id, 'n': x.namespace.code, "
              "'q': NOT x.\"primary\"}), coalesce(c.ids, [])))")
     return f"""
@@ -136,34 +154,77 @@ def with_cluster_identities(merged: str, members: Path) -> str:
                             AS "identities")
         FROM (SELECT m.*, {keyed} AS __s
               FROM ({merged}) m LEFT JOIN (
-                  SELECT replace(cluster::VARCHAR, '-', '') AS _group, list({{'i': id, 'n': ns, 'q': true}}) AS ids
-                  FROM read_parquet('{members}') GROUP BY cluster
+                  SELECT _group, list({{'i': id, 'n': ns, 'q': true}}) AS ids FROM {members} GROUP BY _group
               ) c USING (_group)) m"""
 
 
 @dataclass(frozen=True)
-class ExportQuery:
-    """One export batch's rows as DuckDB statements: run `setup`, stream `profiles` (rows with `__ns`, the
-    namespace counted for the metrics); with an event list, `events` streams each row's events (`__pos`, the
-    row's 1-based position in `profiles`, then `__event`), ordered by position, and `write_parquet` attaches
-    them as `timeSeriesEvents`; `cleanup` runs last, whatever happened."""
+class ExportPart:
+    """Rows of an export batch: run `setup`, stream `profiles` (rows with `__ns`, the namespace counted for the
+    metrics; no rows when None); with an event list, `events` streams each row's events (`__pos`, the row's
+    1-based position in `profiles`, then `__event`), ordered by position, and they are attached as
+    `timeSeriesEvents`; `cleanup` runs last, whatever happened. While it runs, slice `slice` of each of the
+    query's partitions is a table (`ExportQuery`)."""
 
-    profiles: str
+    profiles: str | None
     events: str | None = None
     setup: tuple[str, ...] = ()
     cleanup: tuple[str, ...] = ()
+    slice: int | None = None
+
+
+@dataclass(frozen=True)
+class ExportQuery:
+    """One export batch's rows as DuckDB statements, run by `write_parquet`: first each of `partitions`
+    (relation, name) is split by slice, ``hash(_group) % slices``, into Arrow IPC files under `scratch`; then
+    the `parts` run one after the other, their rows going into the same files — a part with a `slice` k sees
+    slice k of each partition as the table ``{name}_{k}``; `scratch` is removed at the end."""
+
+    parts: tuple[ExportPart, ...]
+    partitions: tuple[tuple[str, str], ...] = ()
+    slices: int = 1
+    scratch: Path | None = None
+
+
+FRAGMENTS_PER_SLICE = 400_000
+"""Fragments merged at a time: a larger export is merged in slices of its groups (`slice_count`). DuckDB's
+memory for a merge grows with the fragments merged at once, and its time faster than linearly."""
+
+
+def slice_count(fragments: int) -> int:
+    """How many slices to merge `fragments` fragments in."""
+    return max(1, -(-fragments // FRAGMENTS_PER_SLICE))
+
+
+def _slice_table(name: str, number: int) -> str:
+    return f"{name}_{number}"
 
 
 def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = None,
-                 table: str = "__export_rows") -> ExportQuery:
+                 table: str = "__export_rows", scratch: Path | None = None) -> ExportQuery:
     """The rows of one export batch (all profiles, or one segment's with `segmentPerBatch`). With an event
-    list, the profile rows are first kept in `table` (a table of the connection's database)."""
+    list, the profile rows are first kept in `table` (a table of the connection's database). With
+    `plan.slices` > 1, the fragments (and members) are first partitioned into slices under `scratch`, and
+    merged one slice at a time: the same merge plan, on each slice's fragments."""
     structure = output_structure(plan)
-    merged = merge_sql(plan.sources, plan.rule)
-    if plan.members is not None:
-        merged = with_cluster_identities(merged, plan.members)
-    conditions = []
     segments = (only_segment,) if only_segment else plan.segments
+    joins_events = plan.events is not None and plan.empty_profiles and not segments
+    slices = plan.slices if scratch is not None and not joins_events else 1
+    members = members_relation(plan.members) if plan.members is not None else None
+    partitions: list[tuple[str, str]] = []
+    parts: list[tuple[list[FragmentSource], str | None]] = [(plan.sources, members)]
+    if slices > 1:
+        assert scratch is not None
+        prefix = f"{table}_slice"
+        for number, source in enumerate(plan.sources):
+            partitions.append((source.relation, f"{prefix}_f{number}"))
+        if members is not None:
+            partitions.append((members, f"{prefix}_m"))
+        parts = [([FragmentSource(s.dataset_id, _slice_table(f"{prefix}_f{n}", k), s.structure)
+                   for n, s in enumerate(plan.sources)],
+                  _slice_table(f"{prefix}_m", k) if members is not None else None)
+                 for k in range(slices)]
+    conditions = []
     if segments:
         condition = _segment_condition(structure)
         conditions.append("(" + " OR ".join(condition(s, plan) for s in segments) + ")")
@@ -173,14 +234,22 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
     projection = project_sql(plan.paths, structure, source="m")
     namespace = ("coalesce(list_filter(m.\"identities\", lambda i: i.\"primary\")[1], "
                  "m.\"identities\"[1]).namespace.code AS __ns")
+
+    def merged(sources: list[FragmentSource], members: str | None) -> str:
+        sql = merge_sql(sources, plan.rule)
+        return with_cluster_identities(sql, members) if members is not None else sql
+
     if plan.events is None:
-        return ExportQuery(f"SELECT {', '.join([*projection, namespace])} FROM ({merged}) m {where}")
+        return ExportQuery(tuple(ExportPart(f"SELECT {', '.join([*projection, namespace])} FROM ({merged(*part)}) m "
+                                            f"{where}", slice=k if slices > 1 else None)
+                                 for k, part in enumerate(parts)),
+                           tuple(partitions), slices, scratch if partitions else None)
     # Aggregating every profile's events into a list in SQL is the costliest step by far (DuckDB's list()
-    # over wide nested structs); instead the profile rows are kept, and their events streamed in the same
-    # order, sorted once, to be cut into lists on the Arrow side.
-    if not plan.empty_profiles or segments:
-        rows = (f"SELECT {', '.join([*projection, namespace])}, m._group AS __group "
-                f"FROM ({merged}) m {where}")
+    # over wide nested structs); instead the profile rows are kept (merged slice by slice), and their events
+    # streamed in the same order, sorted once, to be cut into lists on the Arrow side.
+    if not joins_events:
+        rows = [f"SELECT {', '.join([*projection, namespace])}, m._group AS __group FROM ({merged(*part)}) m {where}"
+                for part in parts]
     else:
         # emptyProfiles: profiles with only events join in, carrying the identities their events name.
         identities = 'coalesce(m."identities", ev.__event_identities)'
@@ -189,15 +258,58 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
                      ".namespace.code AS __ns")
         named = (f"SELECT e._group, list(DISTINCT {{'id': e._identity_id, 'namespace': {{'code': e._identity_ns}}, "
                  f"'primary': true}}) AS __event_identities FROM ({_event_union(plan.events)}) e GROUP BY e._group")
-        rows = (f"WITH ev AS ({named}), m AS (SELECT * FROM ({merged}) m {where}) "
+        rows = [f"WITH ev AS ({named}), m AS (SELECT * FROM ({merged(*parts[0])}) m {where}) "
                 f"SELECT {', '.join([*projection, namespace])}, _group AS __group "
-                f"FROM m FULL OUTER JOIN ev USING (_group)")
+                f"FROM m FULL OUTER JOIN ev USING (_group)"]
+    fill = [ExportPart(None, setup=(f"CREATE OR REPLACE TABLE {table} AS {sql}" if k == 0 else
+                                    f"INSERT INTO {table} {sql}",), slice=k if slices > 1 else None)
+            for k, sql in enumerate(rows)]
     return ExportQuery(
-        profiles=f"SELECT * EXCLUDE (__group) FROM {table} ORDER BY __group",
-        events=_events_select(plan.events, table),
-        setup=(f"CREATE OR REPLACE TABLE {table} AS {rows}",),
-        cleanup=(f"DROP TABLE IF EXISTS {table}",),
+        (*fill, ExportPart(profiles=f"SELECT * EXCLUDE (__group) FROM {table} ORDER BY __group",
+                           events=_events_select(_events_projected(plan.events), table),
+                           cleanup=(f"DROP TABLE IF EXISTS {table}",))),
+        tuple(partitions), slices, scratch if partitions else None,
     )
+
+
+def _split(conn: duckdb.DuckDBPyConnection, relation: str, name: str, slices: int, scratch: Path) -> None:
+    """Write the relation's rows that have a `_group` into `slices` Arrow IPC files, by ``hash(_group) %
+    slices``: each batch sorted by slice once, then cut (DuckDB's own partitioned Parquet writer costs several
+    times more on nested columns)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    reader = conn.sql(f"SELECT *, CAST(hash(_group) % {int(slices)} AS INTEGER) AS __slice FROM {relation} "
+                      "WHERE _group IS NOT NULL").to_arrow_reader(BATCH_ROWS)
+    schema = reader.schema.remove(reader.schema.get_field_index("__slice"))
+    writers = [ipc.new_file(scratch / f"{_slice_table(name, k)}.arrow", schema) for k in range(slices)]
+    try:
+        for batch in reader:
+            slice_of = batch.column("__slice").to_numpy()
+            order = np.argsort(slice_of, kind="stable")
+            ends = np.cumsum(np.bincount(slice_of, minlength=slices))
+            rows = pa.RecordBatch.from_arrays(
+                [batch.column(f.name) for f in schema], schema=schema).take(pa.array(order))
+            for k, writer in enumerate(writers):
+                start = int(ends[k - 1]) if k else 0
+                if ends[k] > start:
+                    writer.write_batch(rows.slice(start, int(ends[k]) - start))
+    finally:
+        for writer in writers:
+            writer.close()
+
+
+@contextmanager
+def _slice_tables(conn: duckdb.DuckDBPyConnection, query: ExportQuery, number: int | None) -> Iterator[None]:
+    """Slice `number` of each partition as a table of the connection (memory-mapped), while in the block."""
+    names = [_slice_table(name, number) for _, name in query.partitions] if number is not None else []
+    assert query.scratch is not None or not names
+    try:
+        for name in names:
+            assert query.scratch is not None
+            conn.register(name, ipc.open_file(pa.memory_map(str(query.scratch / f"{name}.arrow"))).read_all())
+        yield
+    finally:
+        for name in names:
+            conn.unregister(name)
 
 
 @dataclass
@@ -247,34 +359,64 @@ class _EventLists:
                                         mask=pa.array(empty))
 
 
-def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | str, out_dir: Path, *, rows_per_file: int,
-                  prefix: str = "part", result: WrittenBatch | None = None) -> WrittenBatch:
-    """Stream the query into Parquet files of at most `rows_per_file` rows, counting profiles per namespace.
+def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPart | str, out_dir: Path, *,
+                  rows_per_file: int, prefix: str = "part", result: WrittenBatch | None = None) -> WrittenBatch:
+    """Run the query (`ExportQuery`) and stream its rows into Parquet files of at most `rows_per_file` rows,
+    counting profiles per namespace.
 
     `result` (if given) is filled as the files are written, so another thread can report progress."""
     if isinstance(query, str):
-        query = ExportQuery(query)
+        query = ExportPart(query)
+    if isinstance(query, ExportPart):
+        query = ExportQuery((query,))
     out_dir.mkdir(parents=True, exist_ok=True)
     result = result if result is not None else WrittenBatch()
-    events_conn: duckdb.DuckDBPyConnection | None = None
+    whole = query
+
+    def streams() -> Generator[tuple[pa.RecordBatchReader, _EventLists | None], None, None]:
+        for part in whole.parts:
+            profiles_conn = conn
+            readers: list[pa.RecordBatchReader] = []
+            try:
+                with _slice_tables(conn, whole, part.slice):
+                    for statement in part.setup:
+                        conn.execute(statement)
+                    if part.profiles is None:
+                        continue
+                    events = None
+                    if part.events is not None:
+                        # The rows (a table) stream from a second connection, in step with their events from this
+                        # one (which sees the slice's tables).
+                        profiles_conn = conn.cursor()
+                        result.cursors.append(profiles_conn)
+                        readers.append(conn.sql(part.events).to_arrow_reader(BATCH_ROWS))
+                        events = _EventLists(readers[-1])
+                    readers.append(profiles_conn.sql(part.profiles).to_arrow_reader(
+                        BATCH_ROWS if part.events is None else EVENT_BATCH_ROWS))
+                    yield readers[-1], events
+            finally:
+                for reader in readers:
+                    reader.close()
+                if profiles_conn is not conn:
+                    result.cursors.remove(profiles_conn)
+                    profiles_conn.close()
+                for statement in part.cleanup:
+                    conn.execute(statement)
+
     try:
         started = time.perf_counter()
-        for statement in query.setup:
-            conn.execute(statement)
-        reader = conn.sql(query.profiles).to_arrow_reader(BATCH_ROWS if query.events is None else EVENT_BATCH_ROWS)
-        events: _EventLists | None = None
-        if query.events is not None:
-            events_conn = conn.cursor()  # a second stream, read in step with the first
-            result.cursors.append(events_conn)
-            events = _EventLists(events_conn.sql(query.events).to_arrow_reader(BATCH_ROWS))
+        for relation, name in whole.partitions:
+            assert whole.scratch is not None
+            _split(conn, relation, name, whole.slices, whole.scratch)
         result.query_ms += (time.perf_counter() - started) * 1000
-        _write_batches(reader, events, out_dir, rows_per_file, prefix, result)
+        parts = streams()
+        try:
+            _write_batches(parts, out_dir, rows_per_file, prefix, result)
+        finally:
+            parts.close()
     finally:
-        if events_conn is not None:
-            result.cursors.remove(events_conn)
-            events_conn.close()
-        for statement in query.cleanup:
-            conn.execute(statement)
+        if whole.scratch is not None:
+            shutil.rmtree(whole.scratch, ignore_errors=True)
     return result
 
 
@@ -337,9 +479,13 @@ class _Files:
             self.result.files[index] = (name, (self.out_dir / name).stat().st_size, rows)
 
 
-def _write_batches(reader: pa.RecordBatchReader, events: _EventLists | None, out_dir: Path, rows_per_file: int,
-                   prefix: str, result: WrittenBatch) -> None:
-    """Batch k goes to lane k mod WRITER_LANES; at most two batches per lane wait to be written."""
+def _write_batches(streams: Iterator[tuple[pa.RecordBatchReader, _EventLists | None]], out_dir: Path,
+                   rows_per_file: int, prefix: str, result: WrittenBatch) -> None:
+    """The streams' batches, one stream after the other (all of one schema): batch k goes to lane
+    k mod WRITER_LANES; at most two batches per lane wait to be written."""
+    started = time.perf_counter()
+    reader, events = next(streams)
+    result.query_ms += (time.perf_counter() - started) * 1000
     schema = reader.schema
     keep = [i for i, f in enumerate(schema) if f.name != "__ns"]
     fields = [schema.field(i) for i in keep]
@@ -358,8 +504,13 @@ def _write_batches(reader: pa.RecordBatchReader, events: _EventLists | None, out
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
+                following = next(streams, None)
                 result.query_ms += (time.perf_counter() - started) * 1000
-                break
+                if following is None:
+                    break
+                reader, events = following
+                position = 1
+                continue
             columns = [batch.column(i) for i in keep]
             if events is not None:
                 columns.append(events.lists(position, batch.num_rows))
@@ -394,12 +545,27 @@ def _write_batches(reader: pa.RecordBatchReader, events: _EventLists | None, out
                 lane.writer.close()
 
 
+def _event_rows(lake_root: Path, store: StoreFiles, entry: DatasetFiles) -> str:
+    """An event dataset's events with their index columns, as `indexed_rows` gives them, but joined one lake
+    file at a time on the row number alone: an index narrowed to one file (by its `_file`) against that file's
+    rows, instead of one join of every event on (file name, row number)."""
+    index = ", ".join(_quote(str(store.path(f))) for f in entry.files)
+    selects = [
+        f"SELECT l.* EXCLUDE (file_row_number), i._xid, i._identity_ns, i._identity_id, i._ingest_ms, i._batch "
+        f"FROM read_parquet({_quote(str(lake_root / name))}, file_row_number = true) l "
+        f"JOIN (SELECT _rn, _xid, _identity_ns, _identity_id, _ingest_ms, _batch FROM read_parquet([{index}]) "
+        f"WHERE _file = {_quote(name)}) i ON i._rn = l.file_row_number"
+        for name in entry.lake_files
+    ]
+    return "(" + " UNION ALL BY NAME ".join(selects) + ")" if selects else indexed_rows(lake_root, store, entry)
+
+
 def event_relations(lake_root: Path, store: StoreFiles, entries: list[DatasetFiles], *, stitched: bool,
                     identities: Path | None, max_cluster_size: int | None) -> list[str]:
     """Every event with the `_group` of the profile it belongs to (as `fragment_sources` gives fragments)."""
     relations = []
     for entry in entries:
-        rows = indexed_rows(lake_root, store, entry)
+        rows = _event_rows(lake_root, store, entry)
         if stitched and identities is not None:
             limit = f"WHERE i.cluster_size <= {int(max_cluster_size)}" if max_cluster_size else ""
             relations.append(f"(SELECT e.*, replace(i.cluster::VARCHAR, '-', '') AS _group FROM {rows} e "

@@ -17,7 +17,7 @@ The same plan serves a lookup (``where="_group = '...'"``) and a whole export (n
 boolean over a relation's columns, applied to every source's fragments *before* merging. It is pasted into
 the SQL as it is (trusted text, never client input) and must be valid for every source relation.
 
-The SQL is DuckDB's dialect (``struct_extract``, ``map_entries``, ``arg_max`` over a STRUCT key, ``lambda``
+The SQL is DuckDB's dialect (``struct_extract``, ``map_entries``, ``arg_max`` over a HUGEINT key, ``lambda``
 list functions); running the plan on another engine means translating these functions.
 
 Output columns
@@ -299,7 +299,8 @@ def _precedence_columns(source: FragmentSource | None, rule: MergeRule) -> list[
         parts.append(f"{rank} AS __kp")
         first, second = rank, effective
     else:
-        first, second = effective, "coalesce(CAST(\"_ingest_ms\" AS BIGINT), 0)"
+        # -2^63 would overflow the HUGEINT; as -2^63 + 1 it only ties, and a tie takes the exact way.
+        first, second = f"greatest({effective}, {-(1 << 63) + 1})", "coalesce(CAST(\"_ingest_ms\" AS BIGINT), 0)"
     packed = f"CAST({first} AS HUGEINT) * {1 << 64} + (CAST({second} AS HUGEINT) + {1 << 63})"
     return [*parts, f"{effective} AS __kt", f"{f'hash({columns})' if columns else 'CAST(0 AS UBIGINT)'} AS __kh",
             f"{packed} AS __k"]
@@ -344,17 +345,21 @@ def _fragments_select(
 # SQL
 #
 # The plan:
-# __f  every merged fragment: its leaves and maps as flat columns, the parts of its precedence key;
-# __r  __f ranked: __rk = the fragment's position in its group by precedence (1 = lowest), one window
-#      pass, so that every winner below is an arg_max over a BIGINT (comparing the STRUCT key per leaf and
-#      per map entry cost several times more); per map slot, how many of the group's fragments have that map;
-# __a  one GROUP BY _group: arg_max per leaf, per map the winning map and the count, _sources, _tags,
-#      _last_modified_ms;
+# __f   every merged fragment: its leaves and maps as flat columns, the parts of its precedence key and __k,
+#       the first two parts packed into one HUGEINT;
+# __ties the groups where two fragments have the same __k;
+# __r   __f ranked, __rk: in a group without ties __k itself (it orders the group's fragments as the whole key
+#       does), in a group with ties the fragment's position in the group by the whole key (a window over
+#       those groups only). Every winner below is then an arg_max over a HUGEINT: comparing the STRUCT key per
+#       leaf and per map entry cost several times more, and so did ranking every group in one window (the
+#       window sorts every column of every fragment);
+# __a   one GROUP BY _group: arg_max per leaf, per map the winning map and the count, _sources, _tags,
+#       _last_modified_ms;
 # maps: a group with one non-NULL map needs no merge, only normalising (NULL values dropped, keys sorted:
-#      list functions on the one map); groups with several unnest the entries of their fragments' maps
-#      (level by level for maps of maps) → arg_max per (_group, key path) → fold back into sorted maps;
+#       list functions on the one map); groups with several unnest the entries of their fragments' maps
+#       (level by level for maps of maps) → arg_max per (_group, key path) → fold back into sorted maps;
 # identityMap: unnest the items → one row per (_group, namespace, id) → one list per group, from which
-#      list functions build both the union map and `identities`.
+#       list functions build both the union map and `identities`.
 # Each of these is joined back on _group.
 
 

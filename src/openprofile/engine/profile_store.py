@@ -1,8 +1,8 @@
 """The profile store's indexes over the lake: fragments, events and the identity graph, as Parquet generations.
 
-The store copies no data: the lake's batch files are the records and events. What it keeps is derived
-(and rebuilt from the lake by `openprofile rebuild`): a *generation* is a manifest (`gen-{n}.json`)
-naming immutable index files under `files/`:
+The lake's batch files are the records and events; the store keeps indexes over them. Everything it keeps
+is derived (and rebuilt from the lake by `openprofile rebuild`): a *generation* is a manifest
+(`gen-{n}.json`) naming immutable index files under `files/`:
 
 - `identities`: one row per identity `(xid, ns, id, cluster, cluster_size)`, sorted by `xid` (point
   lookups prune row groups); `members`: the same rows sorted by `cluster`;
@@ -11,15 +11,21 @@ naming immutable index files under `files/`:
   file and `_rn` the row in it — sorted by `_xid`. A newer record for the same key replaces the older;
 - per event dataset, one *event index* per applied batch, `(_xid, _identity_ns, _identity_id, _ingest_ms,
   _batch, _file, _rn, _event_key)`, sorted by `_xid`; an event whose `_id` the dataset already has is
-  left out (events are deduplicated on `_id`; `_event_key` is the md5 of `_id`).
+  left out (events are deduplicated on `_id`; `_event_key` is the md5 of `_id`);
+- per record file of a profile-record dataset, a *lookup copy* (`rows-*`): the lake file written again row
+  for row in 2k-row groups, so that a lookup decodes a small row group instead of a 16k one (the index's
+  `_rn` names the same row in both). Only lookups read copies; exports and scans read the lake. A copy is
+  written once per record file, and dropped when the fragment index no longer points into its file.
 
 XIDs are the md5 of `lower(namespace):id`, kept as UUIDs (16 bytes: fast to join and sort, and written to
 Parquet losslessly); the API shows them as 32 hex digits.
 
 `indexed_rows` joins an index with its lake files into rows with those system columns. Each dataset
 also records the namespaces its index holds (`DatasetFiles.namespaces`), so that a lookup asks an index
-only about the identities that can be in it. Index files are written in 16k-row groups: a point lookup
-reads one, and smaller groups cost more in DuckDB's per-group overhead than they save in decoding.
+only about the identities that can be in it. The files lookups read (identities, members, fragment indexes,
+copies) are written in 2k-row groups and read with pyarrow, their footers kept in memory: a point read then
+decodes one small row group. Event indexes, scanned by DuckDB, keep 16k-row groups (DuckDB's cost per row
+group makes small groups slow for it).
 
 Applying batches writes only new index files and a new manifest, then moves the `CURRENT` pointer by an
 atomic rename, so readers always see one whole generation. An apply reads each new lake file's
@@ -57,7 +63,9 @@ import pyarrow as pa
 
 from openprofile.engine.structure import Structure, merge_structures
 
-ROW_GROUP = 16_384  # a point lookup reads one row group; much smaller groups cost more in per-group overhead
+ROW_GROUP = 16_384  # event indexes (read by DuckDB, whose per-row-group overhead makes small groups slow)
+LOOKUP_ROW_GROUP = 2_048  # files read by point lookups (pyarrow, footer cached): identities, members, fragment
+#                           indexes and the lookup copies of record files: one row costs decoding one small group
 SYSTEM_COLUMNS = ("_xid", "_identity_ns", "_identity_id", "_ingest_ms", "_batch")
 INDEX_COLUMNS = (*SYSTEM_COLUMNS, "_file", "_rn")
 
@@ -90,6 +98,7 @@ class DatasetFiles:
     files: list[str] = field(default_factory=list)
     lake_files: list[str] = field(default_factory=list)
     namespaces: list[str] | None = None  # the namespaces of its index's identities (None: not recorded)
+    copies: dict[str, str] | None = None  # record datasets: lake file -> its lookup copy in the store
 
 
 @dataclass
@@ -107,7 +116,7 @@ class Manifest:
             "generation": self.generation, "created_ms": self.created_ms, "identities": self.identities,
             "members": self.members, "applied": self.applied, "tombstones": self.tombstones,
             "datasets": {k: {"kind": v.kind, "structure": v.structure, "files": v.files, "lake_files": v.lake_files,
-                             "namespaces": v.namespaces} for k, v in self.datasets.items()},
+                             "namespaces": v.namespaces, "copies": v.copies} for k, v in self.datasets.items()},
         }
 
     @classmethod
@@ -117,7 +126,7 @@ class Manifest:
             members=data["members"], applied=list(data["applied"]),
             tombstones=[list(t) for t in data.get("tombstones", [])],
             datasets={k: DatasetFiles(v["kind"], v["structure"], list(v["files"]), list(v.get("lake_files", [])),
-                                      v.get("namespaces"))
+                                      v.get("namespaces"), v.get("copies"))
                       for k, v in data["datasets"].items()},
         )
 
@@ -189,6 +198,7 @@ class StoreFiles:
             referenced.update(f for f in (data.identities, data.members) if f)
             for files in data.datasets.values():
                 referenced.update(files.files)
+                referenced.update((files.copies or {}).values())
         for path in manifests[:-keep_generations]:
             path.unlink(missing_ok=True)
         if self.files.is_dir():
@@ -253,7 +263,8 @@ def apply_batches(
     previous = store.current()
     manifest = Manifest(previous.generation + 1, now_ms, previous.identities, previous.members,
                         {k: DatasetFiles(v.kind, dict(v.structure), list(v.files), list(v.lake_files),
-                                         None if v.namespaces is None else list(v.namespaces))
+                                         None if v.namespaces is None else list(v.namespaces),
+                                         None if v.copies is None else dict(v.copies))
                          for k, v in previous.datasets.items()}, list(previous.applied),
                         [list(t) for t in previous.tombstones])
     applied = {(str(t[0]), int(t[1])) for t in previous.tombstones}
@@ -265,7 +276,7 @@ def apply_batches(
         if _stage(conn, lake_root, batches):
             _update_identities(conn, store, manifest)
             for dataset_id in sorted({b.dataset_id for b in batches if b.kind == "profile"}):
-                _update_fragments(conn, store, manifest, batches, dataset_id)
+                _update_fragments(conn, store, manifest, batches, dataset_id, lake_root)
             for order, batch in enumerate(batches):
                 if batch.kind == "experienceevent":
                     _append_events(conn, store, manifest, batches, order)
@@ -385,8 +396,10 @@ def _update_identities(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manif
         JOIN (SELECT cluster, count(*) AS cluster_size FROM merged GROUP BY cluster) s USING (cluster)
     """)
     identities, members = store.new_file("identities"), store.new_file("members")
-    _copy(conn, "SELECT xid, ns, id, cluster, cluster_size FROM sized ORDER BY xid", store.path(identities))
-    _copy(conn, "SELECT xid, ns, id, cluster, cluster_size FROM sized ORDER BY cluster", store.path(members))
+    _copy(conn, "SELECT xid, ns, id, cluster, cluster_size FROM sized ORDER BY xid", store.path(identities),
+          LOOKUP_ROW_GROUP)
+    _copy(conn, "SELECT xid, ns, id, cluster, cluster_size FROM sized ORDER BY cluster", store.path(members),
+          LOOKUP_ROW_GROUP)
     manifest.identities, manifest.members = identities, members
     _drop(conn, "links", "nodes", "old_ids", "new_nodes", "label_edges", "labels", "roots", "sized")
 
@@ -466,7 +479,7 @@ def _dataset_entry(manifest: Manifest, batch: BatchInput) -> DatasetFiles:
 
 
 def _update_fragments(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manifest: Manifest,
-                      batches: list[BatchInput], dataset_id: str) -> None:
+                      batches: list[BatchInput], dataset_id: str, lake_root: Path) -> None:
     """The dataset's fragment index: old entries whose key no new record has, plus the newest new record per key
     (unless its identity was deleted after it was ingested)."""
     orders = [o for o, b in enumerate(batches) if b.dataset_id == dataset_id and b.files]
@@ -488,10 +501,32 @@ def _update_fragments(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manife
         select = (f"SELECT o.* FROM {_files_sql([store.path(f) for f in old_files])} o "
                   f"ANTI JOIN new_frags n USING (_xid) UNION ALL BY NAME {select}")
     target = store.new_file(f"fragments-{dataset_id}")
-    _copy(conn, f"SELECT {', '.join(INDEX_COLUMNS)} FROM ({select}) ORDER BY _xid", store.path(target))
+    _copy(conn, f"SELECT {', '.join(INDEX_COLUMNS)} FROM ({select}) ORDER BY _xid", store.path(target),
+          LOOKUP_ROW_GROUP)
     _add_namespaces(conn, entry, "SELECT DISTINCT _identity_ns FROM new_frags", fresh=not old_files)
     conn.execute("DROP TABLE IF EXISTS new_frags")
     entry.files = [target]
+    _update_copies(conn, store, entry, [f for o in orders for f in batches[o].files], lake_root)
+
+
+def _update_copies(conn: duckdb.DuckDBPyConnection, store: StoreFiles, entry: DatasetFiles, new_files: list[str],
+                   lake_root: Path) -> None:
+    """A record dataset's lookup copies: each new lake file written again in small row groups, row for row (so
+    the index's `_rn` names the same row in both), for point reads; copies of lake files the index no longer
+    points into are dropped. Exports and scans read the lake, never the copies."""
+    copies = dict(entry.copies or {})
+    conn.execute("SET preserve_insertion_order = true")
+    try:
+        for name in new_files:
+            target = store.new_file("rows")
+            _copy(conn, f"SELECT * FROM read_parquet('{_escape(str(lake_root / name))}')", store.path(target),
+                  LOOKUP_ROW_GROUP)
+            copies[name] = target
+    finally:
+        conn.execute("SET preserve_insertion_order = false")
+    used = {str(r[0]) for r in conn.execute(
+        f"SELECT DISTINCT _file FROM {_files_sql([store.path(f) for f in entry.files])}").fetchall()}
+    entry.copies = {k: v for k, v in copies.items() if k in used}
 
 
 def _append_events(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manifest: Manifest,

@@ -10,11 +10,13 @@ fails if a cancel came first, so a cancelled job never leaves a visible batch.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow.parquet as pq
 
 from openprofile.catalog import service as catalog
 from openprofile.core.clock import now_ms
@@ -29,6 +31,7 @@ from openprofile.engine.export import (
     WrittenBatch,
     event_relations,
     export_query,
+    slice_count,
     write_parquet,
 )
 from openprofile.engine.fields import parse_fields
@@ -89,6 +92,7 @@ def build_plan(platform: Platform, snapshot: profile_store.StoreSnapshot, policy
             from_ingest_ms=_ms(window.get("fromIngestTimestamp")), to_ingest_ms=_ms(window.get("toIngestTimestamp")),
         ) if entries else None
     members = snapshot.path(snapshot.manifest.members) if stitched and snapshot.manifest.members else None
+    fragments = sum(pq.read_metadata(snapshot.path(f)).num_rows for entry in records.values() for f in entry.files)
     return ExportPlan(
         sources=sources, rule=rule, members=members, paths=parse_fields(request.get("fields")),
         segments=tuple(SegmentCondition(s["segmentId"], s.get("segmentNs", "ups"),
@@ -96,7 +100,7 @@ def build_plan(platform: Platform, snapshot: profile_store.StoreSnapshot, policy
                        for s in filters.get("segments") or []),
         qualified_from_ms=_ms(qualification.get("startTime")), qualified_to_ms=_ms(qualification.get("endTime")),
         from_ingest_ms=_ms(filters.get("fromIngestTimestamp")), empty_profiles=bool(filters.get("emptyProfiles")),
-        events=events,
+        events=events, slices=slice_count(fragments),
     )
 
 
@@ -184,7 +188,9 @@ def _execute(platform: Platform, job: jobs.ExportJob) -> dict[str, tuple[Written
             if not plan.sources and plan.events is None:
                 raise ExportError("EXPORT_NO_DATA", "No profile-enabled dataset has data for this merge policy yet.")
             staged = platform.lake.staging_dir(batch_id)
-            query = export_query(plan, only_segment=segment, table=f"__export_rows_{len(progress)}")
+            scratch = platform.settings.data_dir / "tmp" / f"export-{job.id}-{len(progress)}"
+            shutil.rmtree(scratch, ignore_errors=True)  # a re-run after a crash starts afresh
+            query = export_query(plan, only_segment=segment, table=f"__export_rows_{len(progress)}", scratch=scratch)
             progress.append(WrittenBatch())
             results[batch_id] = (write_parquet(duck, query, staged, rows_per_file=platform.settings.rows_per_file,
                                                result=progress[-1]), staged)

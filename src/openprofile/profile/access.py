@@ -230,10 +230,15 @@ def merged_entity(platform: Platform, snapshot: store.StoreSnapshot, policy: Mer
         return None
     statement = _lookup_statement(session, snapshot, datasets, merge_rule(policy), paths)
     variable = "__op_fragments_"
-    script = plans.fetch_sql(snapshot.view, datasets, statement.row_types, hits, profile.group, variable)
+    script, registered = plans.fetch_sql(session.conn, snapshot.view, datasets, statement.row_types, hits,
+                                         profile.group, variable)
     arguments = ", ".join(f"getvariable('{variable}{n}')" for n in range(len(datasets)))
     script.append(f"EXECUTE {statement.name}({arguments})")
-    table = session.conn.sql(";\n".join(script)).to_arrow_table()
+    try:
+        table = session.conn.sql(";\n".join(script)).to_arrow_table()
+    finally:
+        for name in registered:
+            session.conn.unregister(name)
     if table.num_rows == 0:
         return None
     row = table.to_pylist()[0]
