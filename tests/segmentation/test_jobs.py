@@ -1,6 +1,7 @@
 """Segment jobs: create (validated), run to SUCCEEDED with hand-computed counts, memberships moving
 realized → existing / exited across runs, inSegment composition (in the job and from current membership),
-list/get shapes, cancel, tenancy; and the membership statement on its own (retention)."""
+list/get shapes, list sort and status filters, bulk-get, cancel, tenancy; and the membership statement on its
+own (retention)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import pytest
 
 from openprofile.core import ids
 from openprofile.core.platform import Platform
+from openprofile.core.tables import segment_jobs
 from openprofile.core.tenancy import Tenant
 from openprofile.engine import segments as sql
 from openprofile.engine.pql import timestamp_sql
+from openprofile.profile.memberships import current_memberships
 from openprofile.segmentation import jobs
-from openprofile.segmentation.membership import current_memberships
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, ORG, OTHER_CLIENT_ID, OTHER_ORG, OTHER_SECRET, Api
 from tests.helpers import EVENT_CLASS, assert_error, create_dataset, event, ingest, profile
 from tests.specs import assert_matches_spec
@@ -184,6 +186,52 @@ def test_list_get_and_tenancy(api: Api, data: dict[str, str]) -> None:
         assert outsider.delete(f"{JOBS}/{first['id']}").status_code == 404
         assert outsider.get(JOBS).json()["children"] == []
         assert outsider.post(JOBS, json=[{"segmentId": points}]).status_code == 404
+
+
+def test_list_sort_and_status(api: Api, data: dict[str, str], platform: Platform) -> None:
+    points = create_segment(api, "Points", "loyalty.points > 5")
+    done = run_job(api, points)
+    assert done["status"] == "SUCCEEDED", done
+    tenant = Tenant(ORG, done["sandbox"]["sandboxId"], "prod")
+    with platform.engine.begin() as conn:  # cancelled before any worker can see it NEW
+        cancelled = jobs.create(conn, tenant, [{"segmentId": points}], "req-1").id
+        jobs.cancel(conn, tenant, cancelled)
+        # Created: done, then cancelled; last updated: cancelled, then done.
+        for job_id, created, updated in ((done["id"], 1_000, 5_000), (cancelled, 2_000, 3_000)):
+            conn.execute(segment_jobs.update().where(segment_jobs.c.id == job_id)
+                         .values(created_ms=created, updated_ms=updated))
+
+    def listed(**params: Any) -> list[str]:
+        response = api.get(JOBS, params=params)
+        assert response.status_code == 200, response.text
+        return [j["id"] for j in response.json()["children"]]
+
+    assert listed() == listed(sort="creationTime:desc") == [cancelled, done["id"]]
+    assert listed(sort="creationTime:asc") == listed(sort="creationTime") == [done["id"], cancelled]
+    assert listed(sort="updateTime:desc") == [done["id"], cancelled]
+    assert listed(sort="updateTime:ASC") == [cancelled, done["id"]]
+    assert listed(sort="creationTime:asc", limit=1, start=1) == [cancelled]
+    assert listed(status="CANCELLED") == [cancelled]
+    assert listed(status="succeeded,cancelled", sort="creationTime:asc") == [done["id"], cancelled]
+    assert listed(status="PROCESSING") == []
+    for bad in ("name:desc", "creationTime:sideways", "status", ":desc"):
+        assert_error(api.get(JOBS, params={"sort": bad}), 400, "sort")
+
+
+def test_bulk_get(api: Api, data: dict[str, str]) -> None:
+    points = create_segment(api, "Points", "loyalty.points > 5")
+    first = run_job(api, points)
+    response = api.post(f"{JOBS}/bulk-get", json={"ids": [{"id": first["id"]}, {"id": "no-such-job"}]})
+    assert response.status_code == 207, response.text
+    body = response.json()
+    assert_matches_spec("segmentation", "POST", "/segment/jobs/bulk-get", 207, body)
+    assert body["results"][first["id"]] == api.get(f"{JOBS}/{first['id']}").json()
+    assert body["results"]["no-such-job"]["errors"]["404"][0]["code"] == 404
+    outsider = api.as_tenant(OTHER_ORG, "prod", OTHER_CLIENT_ID, OTHER_SECRET)
+    hidden = outsider.post(f"{JOBS}/bulk-get", json={"ids": [{"id": first["id"]}]}).json()
+    assert list(hidden["results"][first["id"]]) == ["errors"]
+    for bad in ([{"id": first["id"]}], {"ids": [{"jobId": first["id"]}]}, {"ids": "x"}):
+        assert_error(api.post(f"{JOBS}/bulk-get", json=bad), 400, "/ids")
 
 
 def test_cancel(api: Api, data: dict[str, str], platform: Platform) -> None:

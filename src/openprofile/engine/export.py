@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from openprofile.engine.fields import project_sql, project_structure
 from openprofile.engine.merge import FragmentSource, MergeRule, merge_sql, profile_structure
 from openprofile.engine.profile_store import DatasetFiles, StoreFiles, indexed_rows
-from openprofile.engine.structure import Structure, quote_identifier
+from openprofile.engine.structure import Structure, TypeNode, quote_identifier, to_duckdb_type
 
 BATCH_ROWS = 65_536
 EVENT_BATCH_ROWS = 16_384
@@ -81,11 +81,52 @@ class ExportPlan:
     empty_profiles: bool = False
     events: EventPlan | None = None
     slices: int = 1  # the profiles are merged in this many slices of their groups (`slice_count`)
+    memberships: Path | None = None  # the merge policy's current segment memberships (segment jobs' output)
+
+
+SEGMENT_MEMBERSHIP: TypeNode = {"map": {"map": {"struct": {"status": "VARCHAR",
+                                                           "lastQualificationTime": "TIMESTAMPTZ"}}}}
+"""`segmentMembership` as segment jobs write it: namespace → segment id → (status, lastQualificationTime)."""
+
+
+def _selects_memberships(plan: ExportPlan) -> bool:
+    return plan.paths is None or any(p.split(".")[0] == "segmentMembership" for p in plan.paths)
 
 
 def output_structure(plan: ExportPlan) -> Structure:
-    """The record columns a profile row can have: the merged union structure plus `identities`."""
-    return profile_structure(plan.sources)
+    """The record columns a profile row can have: the merged union structure plus `identities`, and
+    `segmentMembership` when segment jobs have produced memberships or `fields` names it."""
+    structure = profile_structure(plan.sources)
+    if "segmentMembership" not in structure and (plan.memberships is not None or (
+            plan.paths is not None and _selects_memberships(plan))):
+        structure["segmentMembership"] = SEGMENT_MEMBERSHIP
+    return structure
+
+
+def memberships_relation(memberships: Path) -> str:
+    """A membership file as (_group, __sm): each profile's computed `ups` memberships as a map."""
+    return (f"(SELECT _group, map_from_entries(list({{'key': segment_id, 'value': {{'status': status, "
+            f"'lastQualificationTime': CAST(last_qualification AS TIMESTAMPTZ)}}}})) AS __sm "
+            f"FROM read_parquet({_quote(str(memberships))}) GROUP BY _group)")
+
+
+def with_memberships(merged: str, merged_structure: Structure, memberships: str | None) -> str:
+    """Merged rows whose `segmentMembership.ups` carries the memberships segment jobs computed (`memberships`,
+    a relation of (_group, __sm)): a computed (segment, status) replaces an ingested one for the same segment;
+    ingested memberships of other segments and namespaces stay. Without computed memberships the column is
+    added empty when the rows lack it."""
+    value_type = to_duckdb_type(merged_structure.get("segmentMembership", SEGMENT_MEMBERSHIP))
+    if memberships is None:
+        return f"SELECT *, CAST(NULL AS {value_type}) AS \"segmentMembership\" FROM ({merged})"
+    if "segmentMembership" not in merged_structure:
+        overlaid = f"CASE WHEN s.__sm IS NULL THEN NULL ELSE CAST(MAP {{'ups': s.__sm}} AS {value_type}) END"
+        return (f"SELECT m.*, {overlaid} AS \"segmentMembership\" FROM ({merged}) m "
+                f"LEFT JOIN {memberships} s USING (_group)")
+    ingested = 'm."segmentMembership"'
+    overlaid = (f"CASE WHEN s.__sm IS NULL THEN {ingested} ELSE CAST(map_concat(coalesce({ingested}, MAP {{}}), "
+                f"MAP {{'ups': map_concat(coalesce({ingested}['ups'], MAP {{}}), s.__sm)}}) AS {value_type}) END")
+    return (f"SELECT m.* REPLACE ({overlaid} AS \"segmentMembership\") FROM ({merged}) m "
+            f"LEFT JOIN {memberships} s USING (_group)")
 
 
 def _segment_condition(structure: Structure) -> Callable[[SegmentCondition, ExportPlan], str]:
@@ -211,8 +252,12 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
     joins_events = plan.events is not None and plan.empty_profiles and not segments
     slices = plan.slices if scratch is not None and not joins_events else 1
     members = members_relation(plan.members) if plan.members is not None else None
+    merged_columns = profile_structure(plan.sources)
+    computed = (memberships_relation(plan.memberships) if plan.memberships is not None and (
+        segments or _selects_memberships(plan)) else None)
+    overlay = computed is not None or ("segmentMembership" in structure and "segmentMembership" not in merged_columns)
     partitions: list[tuple[str, str]] = []
-    parts: list[tuple[list[FragmentSource], str | None]] = [(plan.sources, members)]
+    parts: list[tuple[list[FragmentSource], str | None, str | None]] = [(plan.sources, members, computed)]
     if slices > 1:
         assert scratch is not None
         prefix = f"{table}_slice"
@@ -220,9 +265,12 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
             partitions.append((source.relation, f"{prefix}_f{number}"))
         if members is not None:
             partitions.append((members, f"{prefix}_m"))
+        if computed is not None:
+            partitions.append((computed, f"{prefix}_s"))
         parts = [([FragmentSource(s.dataset_id, _slice_table(f"{prefix}_f{n}", k), s.structure)
                    for n, s in enumerate(plan.sources)],
-                  _slice_table(f"{prefix}_m", k) if members is not None else None)
+                  _slice_table(f"{prefix}_m", k) if members is not None else None,
+                  _slice_table(f"{prefix}_s", k) if computed is not None else None)
                  for k in range(slices)]
     conditions = []
     if segments:
@@ -235,9 +283,10 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
     namespace = ("coalesce(list_filter(m.\"identities\", lambda i: i.\"primary\")[1], "
                  "m.\"identities\"[1]).namespace.code AS __ns")
 
-    def merged(sources: list[FragmentSource], members: str | None) -> str:
+    def merged(sources: list[FragmentSource], members: str | None, memberships: str | None) -> str:
         sql = merge_sql(sources, plan.rule)
-        return with_cluster_identities(sql, members) if members is not None else sql
+        sql = with_cluster_identities(sql, members) if members is not None else sql
+        return with_memberships(sql, merged_columns, memberships) if overlay else sql
 
     if plan.events is None:
         return ExportQuery(tuple(ExportPart(f"SELECT {', '.join([*projection, namespace])} FROM ({merged(*part)}) m "

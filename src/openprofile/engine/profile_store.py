@@ -48,6 +48,7 @@ else (several, none marked) the first by (namespace, id) — a documented, deter
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -99,6 +100,7 @@ class DatasetFiles:
     lake_files: list[str] = field(default_factory=list)
     namespaces: list[str] | None = None  # the namespaces of its index's identities (None: not recorded)
     copies: dict[str, str] | None = None  # record datasets: lake file -> its lookup copy in the store
+    segments: list[str] | None = None  # record datasets: the `segmentMembership.ups` segment ids ingested
 
 
 @dataclass
@@ -116,7 +118,8 @@ class Manifest:
             "generation": self.generation, "created_ms": self.created_ms, "identities": self.identities,
             "members": self.members, "applied": self.applied, "tombstones": self.tombstones,
             "datasets": {k: {"kind": v.kind, "structure": v.structure, "files": v.files, "lake_files": v.lake_files,
-                             "namespaces": v.namespaces, "copies": v.copies} for k, v in self.datasets.items()},
+                             "namespaces": v.namespaces, "copies": v.copies, "segments": v.segments}
+                         for k, v in self.datasets.items()},
         }
 
     @classmethod
@@ -126,7 +129,7 @@ class Manifest:
             members=data["members"], applied=list(data["applied"]),
             tombstones=[list(t) for t in data.get("tombstones", [])],
             datasets={k: DatasetFiles(v["kind"], v["structure"], list(v["files"]), list(v.get("lake_files", [])),
-                                      v.get("namespaces"), v.get("copies"))
+                                      v.get("namespaces"), v.get("copies"), v.get("segments"))
                       for k, v in data["datasets"].items()},
         )
 
@@ -264,7 +267,8 @@ def apply_batches(
     manifest = Manifest(previous.generation + 1, now_ms, previous.identities, previous.members,
                         {k: DatasetFiles(v.kind, dict(v.structure), list(v.files), list(v.lake_files),
                                          None if v.namespaces is None else list(v.namespaces),
-                                         None if v.copies is None else dict(v.copies))
+                                         None if v.copies is None else dict(v.copies),
+                                         None if v.segments is None else list(v.segments))
                          for k, v in previous.datasets.items()}, list(previous.applied),
                         [list(t) for t in previous.tombstones])
     applied = {(str(t[0]), int(t[1])) for t in previous.tombstones}
@@ -507,6 +511,26 @@ def _update_fragments(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manife
     conn.execute("DROP TABLE IF EXISTS new_frags")
     entry.files = [target]
     _update_copies(conn, store, entry, [f for o in orders for f in batches[o].files], lake_root)
+    _add_segments(conn, entry, [batches[o] for o in orders], lake_root, fresh=not old_files)
+
+
+def _add_segments(conn: duckdb.DuckDBPyConnection, entry: DatasetFiles, batches: list[BatchInput], lake_root: Path,
+                  *, fresh: bool) -> None:
+    """Record the `segmentMembership.ups` segment ids the new records carry (kept unknown when an older index
+    did not record them), so that an export can tell an ingested audience from an unknown segment id."""
+    if entry.segments is None and not fresh:
+        return
+    files = [str(lake_root / f) for b in batches if "segmentMembership" in (b.structure or {}) for f in b.files]
+    found: set[str] = set(entry.segments or [])
+    if files:
+        listed = ", ".join(f"'{_escape(f)}'" for f in files)
+        with contextlib.suppress(duckdb.BinderException):  # the dataset's structure has it, no file here does
+            found.update(str(r[0]) for r in conn.execute(f"""
+                SELECT DISTINCT unnest(flatten(list_transform(
+                    list_filter(map_entries("segmentMembership"), lambda e: lower(e.key) = 'ups'),
+                    lambda e: map_keys(e.value))))
+                FROM read_parquet([{listed}], union_by_name = true)""").fetchall() if r[0] is not None)
+    entry.segments = sorted(found)
 
 
 def _update_copies(conn: duckdb.DuckDBPyConnection, store: StoreFiles, entry: DatasetFiles, new_files: list[str],

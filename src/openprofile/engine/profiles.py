@@ -105,14 +105,19 @@ def _footer(path: Path, key: str | None = None) -> _Footer:
             if stats is None or not stats.has_min_max:
                 lows, highs = None, None
                 break
-            lows.append(bytes(stats.min))
-            highs.append(bytes(stats.max))
+            lows.append(_key_bytes(stats.min))
+            highs.append(_key_bytes(stats.max))
     footer = _Footer(str(path), metadata, starts, lows, highs)
     with _footers_lock:
         _footers[cache_key] = footer
         while len(_footers) > MAX_FOOTERS:
             _footers.popitem(last=False)
     return footer
+
+
+def _key_bytes(value: object) -> bytes:
+    """A key statistic as the bytes Parquet orders it by (a string column's: its UTF-8)."""
+    return value.encode() if isinstance(value, str) else bytes(value)  # type: ignore[call-overload]
 
 
 def _uuid_bytes(value: str) -> bytes:
@@ -125,8 +130,9 @@ def _storage(column: pa.ChunkedArray) -> pa.Array:
 
 
 def sorted_rows(path: Path, key: str, values: list[bytes], columns: list[str]) -> pa.Table:
-    """The rows of a Parquet file sorted by the 16-byte (UUID) column `key` whose key is one of `values`: only
-    the row groups whose key range holds a value are read. The key column comes first, as its raw bytes."""
+    """The rows of a Parquet file sorted by the column `key` (16-byte UUIDs, or strings given as UTF-8) whose
+    key is one of `values`: only the row groups whose key range holds a value are read. The key column comes
+    first (a UUID as its raw bytes)."""
     footer = _footer(path, key)
     groups: set[int] = set()
     if footer.lows is None or footer.highs is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,13 @@ from openprofile.engine.merge import MergeRule
 from openprofile.engine.profile_store import connect
 from openprofile.engine.structure import Structure, from_arrow_schema, merge_structures
 from openprofile.export import jobs
+from openprofile.export import service as export_service
 from openprofile.export.models import parse_rfc3339
+from openprofile.profile import memberships as membership
 from openprofile.profile import store as profile_store
 from openprofile.profile.policies import MergePolicy, resolve_merge_policy
+from openprofile.segmentation import jobs as segment_jobs
+from openprofile.segmentation import runner as segment_runner
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +168,65 @@ def _reload(platform: Platform, job: jobs.ExportJob) -> jobs.ExportJob:
         return jobs.get(conn, job.tenant, job.id)
 
 
+def evaluated_segments(request: dict[str, Any]) -> list[str]:
+    """The segments an export evaluates first (`evaluationInfo.segmentation: true`): its `ups` filter segments."""
+    if not (request.get("evaluationInfo") or {}).get("segmentation"):
+        return []
+    listed = ((request.get("filter") or {}).get("segments")) or []
+    return list(dict.fromkeys(s["segmentId"] for s in listed if str(s.get("segmentNs", "ups")).lower() == "ups"))
+
+
+def _evaluate_segments(platform: Platform, job: jobs.ExportJob) -> None:
+    """With `evaluationInfo.segmentation`, evaluate the filter's segments as a segment job run here, before the
+    export reads the memberships; a cancel of the export cancels it."""
+    segment_ids = evaluated_segments(job.request)
+    if not segment_ids:
+        return
+    request_id = f"export-{job.id}"
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.25):
+            try:
+                status = _reload(platform, job).status
+            except NotFound:
+                status = jobs.CANCELLING
+            if status == jobs.CANCELLING:
+                with platform.engine.begin() as conn:
+                    for running in segment_jobs.unfinished(conn, job.tenant, request_id):
+                        segment_jobs.cancel(conn, job.tenant, running.id)
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        evaluation = segment_runner.run_inline(platform, job.tenant, segment_ids, request_id)
+    finally:
+        stop.set()
+        watcher.join()
+    if evaluation.status == segment_jobs.CANCELLED:
+        raise Cancelled
+    if evaluation.status != segment_jobs.SUCCEEDED:
+        reason = "; ".join(str(e.get("msg")) for e in evaluation.errors) or evaluation.status
+        raise ExportError("EXPORT_SEGMENTATION_FAILED",
+                          f"Evaluating the segments (segment job {evaluation.id}) failed: {reason}")
+
+
 def _execute(platform: Platform, job: jobs.ExportJob) -> dict[str, tuple[WrittenBatch, Path]]:
     profile_store.apply_pending(platform, job.tenant)  # an export sees every batch ingested before it ran
     snapshot = profile_store.snapshot(platform, job.tenant)
     with platform.engine.connect() as conn:
         policy = resolve_merge_policy(conn, job.tenant, job.merge_policy["id"], job.merge_policy["version"])
-    plan = build_plan(platform, snapshot, policy, job.request)
+    listed = [s["segmentId"] for s in (job.request.get("filter") or {}).get("segments") or []
+              if str(s.get("segmentNs", "ups")).lower() == "ups"]
+    with platform.engine.connect() as conn:
+        unknown = export_service.unknown_segments(platform, conn, job.tenant, listed)
+    if unknown:
+        raise ExportError("EXPORT_UNKNOWN_SEGMENT", f"Segment '{unknown[0]}' is neither a segment definition of this "
+                          "sandbox nor an audience of the ingested segmentMembership data.")
+    _evaluate_segments(platform, job)
+    plan = replace(build_plan(platform, snapshot, policy, job.request),
+                   memberships=membership.current_memberships(platform, job.tenant, policy.id))
     duck = connect(platform.settings.engine_threads, EXPORT_MEMORY_LIMIT, platform.settings.data_dir / "tmp" / "duckdb")
     stop, cancelled = threading.Event(), threading.Event()
     progress: list[WrittenBatch] = []

@@ -18,13 +18,16 @@ from openprofile.core.errors import BadRequest, FieldError, NotFound, Validation
 from openprofile.core.platform import Platform
 from openprofile.core.queue import enqueue
 from openprofile.core.tenancy import Tenant
+from openprofile.engine.export import SEGMENT_MEMBERSHIP
 from openprofile.engine.fields import UnknownField, check_fields, parse_fields
 from openprofile.engine.merge import FragmentSource, profile_structure
 from openprofile.engine.structure import Structure
 from openprofile.export import jobs
 from openprofile.export.models import CreateExportJobRequest
+from openprofile.profile import store as profile_store
 from openprofile.profile.policies import resolve_merge_policy
 from openprofile.schemaregistry.service import EVENT_CLASS, PROFILE_CLASS, PROFILE_UNION
+from openprofile.segmentation import definitions
 
 JOB_KIND = "export.run"
 PROFILE_SCHEMA = "_xdm.context.profile"
@@ -34,8 +37,10 @@ _OFFSET = re.compile(r"^(\d{1,15})_(\d{1,18})$")
 
 
 def profile_fields(conn: Connection, tenant: Tenant) -> Structure:
-    """What export `fields` may name: the profile union's fields plus `identities`."""
-    return profile_structure([FragmentSource("union", "", catalog.union_structure(conn, tenant, PROFILE_CLASS))])
+    """What export `fields` may name: the profile union's fields plus `identities` and `segmentMembership` (the
+    profile class always has it; segment jobs fill it)."""
+    union = catalog.union_structure(conn, tenant, PROFILE_CLASS, {"segmentMembership": SEGMENT_MEMBERSHIP})
+    return profile_structure([FragmentSource("union", "", union)])
 
 
 def event_fields(conn: Connection, tenant: Tenant) -> Structure:
@@ -70,9 +75,10 @@ def create(platform: Platform, conn: Connection, tenant: Tenant, request: Create
             f"Dataset '{destination_id}' is based on '{destination.schema_id}', not on {PROFILE_UNION}; "
             "exports are written only to profile-union datasets",
             fields=[FieldError("/destination/datasetId", f"dataset must be based on {PROFILE_UNION}")])
+    segment_policy = _check_segments(platform, conn, tenant, request)
     policy_ref = request.mergePolicy
     try:
-        policy = resolve_merge_policy(conn, tenant, policy_ref.id if policy_ref else None,
+        policy = resolve_merge_policy(conn, tenant, policy_ref.id if policy_ref and policy_ref.id else segment_policy,
                                       policy_ref.version if policy_ref else None)
     except NotFound as exc:
         pointer = "/mergePolicy/version" if policy_ref and policy_ref.version and "version" in exc.detail \
@@ -107,6 +113,56 @@ def create(platform: Platform, conn: Connection, tenant: Tenant, request: Create
                       compute_job_id=ids.new_uuid())
     enqueue(conn, JOB_KIND, tenant, str(job.id), {"jobId": job.id})
     return job
+
+
+def unknown_segments(platform: Platform, conn: Connection, tenant: Tenant, segment_ids: list[str]) -> list[str]:
+    """The `ups` segment ids that are neither definitions of the sandbox nor in the applied ingested data."""
+    ingested = profile_store.ingested_segments(conn, platform, tenant)
+    unknown = []
+    for segment_id in segment_ids:
+        try:
+            definitions.get(conn, tenant, segment_id)
+        except NotFound:
+            if ingested is not None and segment_id not in ingested:
+                unknown.append(segment_id)
+    return unknown
+
+
+def _check_segments(platform: Platform, conn: Connection, tenant: Tenant, request: CreateExportJobRequest
+                    ) -> str | None:
+    """Every `ups` segment of the filter must be a segment definition of this sandbox or an audience the
+    ingested `segmentMembership` data carries (with `evaluationInfo.segmentation`, a definition); other
+    namespaces are external audiences, not checked. While ingested batches wait to be applied to the profile
+    store the ingested audiences are not known yet: the runner checks again after applying them. Returns the
+    merge policy of the first listed definition that names one: an export without `mergePolicy` uses it (AEP:
+    the segment's merge policy), else the default."""
+    segments = request.filter.segments if request.filter and request.filter.segments else []
+    evaluate = bool(request.evaluationInfo and request.evaluationInfo.segmentation)
+    ingested: set[str] | None = set()
+    looked_up = False
+    policy: str | None = None
+    for n, segment in enumerate(segments):
+        if segment.segmentNs.lower() != "ups":
+            continue
+        try:
+            definition = definitions.get(conn, tenant, segment.segmentId)
+        except NotFound:
+            definition = None
+        if definition is not None:
+            policy = policy or definition.merge_policy_id
+            continue
+        pointer = f"/filter/segments/{n}/segmentId"
+        if evaluate:
+            raise NotFound(f"Segment '{segment.segmentId}' is not a segment definition of this sandbox (deleted, or "
+                           "never created); evaluationInfo.segmentation evaluates definitions only",
+                           fields=[FieldError(pointer, f"unknown segment '{segment.segmentId}'")])
+        if not looked_up:
+            ingested, looked_up = profile_store.ingested_segments(conn, platform, tenant), True
+        if ingested is not None and segment.segmentId not in ingested:
+            raise NotFound(f"Segment '{segment.segmentId}' is neither a segment definition of this sandbox "
+                           "(deleted, or never created) nor an audience of the ingested segmentMembership data",
+                           fields=[FieldError(pointer, f"unknown segment '{segment.segmentId}'")])
+    return policy
 
 
 @dataclass(frozen=True)

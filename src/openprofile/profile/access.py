@@ -23,12 +23,13 @@ from openprofile.core.errors import FieldError, NotFound, PlatformError, Unproce
 from openprofile.core.platform import Platform
 from openprofile.core.tenancy import Tenant
 from openprofile.engine import profiles as plans
+from openprofile.engine.export import SEGMENT_MEMBERSHIP
 from openprofile.engine.fields import UnknownField, check_fields, parse_fields, project_sql
 from openprofile.engine.merge import FragmentSource, MergeRule, merge_sql, profile_structure
 from openprofile.engine.profile_store import DatasetFiles
 from openprofile.engine.structure import Structure, merge_structures
 from openprofile.identity.namespaces import looks_like_xid, xid
-from openprofile.profile import store
+from openprofile.profile import memberships, store
 from openprofile.profile.policies import MergePolicy
 
 PROFILE_SCHEMA = "_xdm.context.profile"
@@ -175,8 +176,10 @@ def _record_datasets(snapshot: store.StoreSnapshot, policy: MergePolicy) -> dict
 
 
 def profile_fields(snapshot: store.StoreSnapshot) -> Structure:
-    """Every record field of the profile-enabled datasets, plus `identities`: what `fields` may name."""
-    return profile_structure([FragmentSource(d, "", f.structure) for d, f in snapshot.record_datasets().items()])
+    """Every record field of the profile-enabled datasets, plus `identities` and `segmentMembership` (segment
+    jobs fill it): what `fields` may name."""
+    sources = [FragmentSource(d, "", f.structure) for d, f in snapshot.record_datasets().items()]
+    return profile_structure([FragmentSource("", "", {"segmentMembership": SEGMENT_MEMBERSHIP}), *sources])
 
 
 def parse_and_check_fields(fields: str | list[str] | None, structure: Structure,
@@ -218,8 +221,8 @@ def _lookup_statement(session: _Session, snapshot: store.StoreSnapshot, datasets
     return prepared
 
 
-def merged_entity(platform: Platform, snapshot: store.StoreSnapshot, policy: MergePolicy, profile: Profile,
-                  paths: list[str] | None) -> dict[str, Any] | None:
+def merged_entity(platform: Platform, tenant: Tenant, snapshot: store.StoreSnapshot, policy: MergePolicy,
+                  profile: Profile, paths: list[str] | None) -> dict[str, Any] | None:
     """The merged, projected entity of one profile with its envelope fields, or None without fragments."""
     datasets = _record_datasets(snapshot, policy)
     if not datasets:
@@ -242,6 +245,7 @@ def merged_entity(platform: Platform, snapshot: store.StoreSnapshot, policy: Mer
     if table.num_rows == 0:
         return None
     row = table.to_pylist()[0]
+    _add_memberships(platform, tenant, policy, profile.group, paths, row)
     return {
         "entityId": profile.requested_xid,
         "sources": row.pop("_sources"),
@@ -251,6 +255,27 @@ def merged_entity(platform: Platform, snapshot: store.StoreSnapshot, policy: Mer
         "entity": jsonable({k: v for k, v in row.items() if k not in ("_last_modified_ms", "__none")}),
         "lastModifiedAt": ms_to_iso(int(row["_last_modified_ms"])),
     }
+
+
+def _add_memberships(platform: Platform, tenant: Tenant, policy: MergePolicy, group: str, paths: list[str] | None,
+                     row: dict[str, Any]) -> None:
+    """Overlay the memberships segment jobs computed for this profile under `segmentMembership.ups` (a computed
+    segment replaces an ingested one of the same id; exports do the same: `engine.export.with_memberships`)."""
+    selected = [p.split(".")[1:] for p in paths or [] if p.split(".")[0] == "segmentMembership"]
+    if paths is not None and not selected:
+        return
+    path = memberships.current_memberships(platform, tenant, policy.id)
+    computed = memberships.of_profile(path, group) if path is not None else {}
+    if not computed:
+        return
+    leaves = {s[0] for s in selected if s} if selected and all(selected) else None  # e.g. segmentMembership.status
+    if leaves is not None:
+        computed = {k: {f: v for f, v in value.items() if f in leaves} for k, value in computed.items()}
+    namespaces = dict(row.get("segmentMembership") or [])  # a map comes as (key, value) pairs
+    ups = dict(namespaces.get("ups") or [])
+    ups.update(computed)
+    namespaces["ups"] = ups
+    row["segmentMembership"] = namespaces
 
 
 def _known(path: str, structure: Structure) -> bool:
@@ -266,7 +291,7 @@ def lookup(platform: Platform, tenant: Tenant, policy: MergePolicy, entity_id: s
     snapshot = store.snapshot(platform, tenant)
     paths = parse_and_check_fields(fields, profile_fields(snapshot))
     profile = find_profile(platform, snapshot, policy, entity_id, namespace, ids=False)
-    entity = merged_entity(platform, snapshot, policy, profile, paths)
+    entity = merged_entity(platform, tenant, snapshot, policy, profile, paths)
     if entity is None:
         raise access_error(NotFound(f"No profile found for identity '{entity_id}'."))
     return {profile.requested_xid: entity}

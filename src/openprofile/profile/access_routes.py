@@ -147,7 +147,7 @@ async def post_entities(request: Request, tenant: Tenant = Depends(current_tenan
         namespace = requested.entityIdNS.code if requested.entityIdNS else None
         try:
             profile = access.find_profile(platform, snapshot, policy, requested.entityId, namespace)
-            entity = access.merged_entity(platform, snapshot, policy, profile, paths)
+            entity = access.merged_entity(platform, tenant, snapshot, policy, profile, paths)
         except PlatformError as error:
             if error.status == 400:
                 raise

@@ -29,6 +29,7 @@ from openprofile.core.tenancy import Tenant
 from openprofile.engine.profile_store import BatchInput, DatasetFiles, Manifest, StoreFiles, Tombstone, apply_batches
 from openprofile.engine.profiles import StoreView
 from openprofile.identity.namespaces import xid
+from openprofile.profile import memberships
 
 JOB_KIND = "profile.apply"
 PENDING, APPLIED, SKIPPED = "pending", "applied", "skipped"
@@ -117,10 +118,18 @@ def _run(platform: Platform, job: ClaimedJob) -> None:
 
 
 def rebuild(platform: Platform, tenant: Tenant) -> int:
-    """Forget the store and apply every registered batch again (deleted profiles stay deleted)."""
+    """Forget the store and apply every registered batch again (deleted profiles stay deleted). Segment
+    memberships (`memberships.py`, beside the store) are kept: they are not derived from the lake, and the
+    profiles they name keep their keys (a cluster's key is derived from its identities)."""
     files = store_files(platform, tenant)
     with named_lock(platform.engine, platform.settings.data_dir / "locks", f"profile-store:{tenant.sandbox_id}"):
-        shutil.rmtree(files.root, ignore_errors=True)
+        for child in files.root.iterdir() if files.root.is_dir() else []:
+            if child.name == memberships.DIRECTORY:
+                continue
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
         with platform.engine.begin() as conn:
             conn.execute(profile_batches.update().where(_tenant_filter(profile_batches, tenant))
                          .values(status=PENDING, applied_ms=None))
@@ -130,6 +139,20 @@ def rebuild(platform: Platform, tenant: Tenant) -> int:
 def pending_count(platform: Platform, tenant: Tenant) -> int:
     with platform.engine.connect() as conn:
         return len(_pending(conn, tenant))
+
+
+def ingested_segments(conn: Connection, platform: Platform, tenant: Tenant) -> set[str] | None:
+    """The `segmentMembership.ups` segment ids the store's records carry; None when it cannot tell (batches not
+    applied yet, or an index written before these were recorded)."""
+    if _pending(conn, tenant):
+        return None
+    found: set[str] = set()
+    for entry in store_files(platform, tenant).current(shared=True).datasets.values():
+        if entry.kind == "profile" and entry.files:
+            if entry.segments is None:
+                return None
+            found.update(entry.segments)
+    return found
 
 
 @dataclass(frozen=True)

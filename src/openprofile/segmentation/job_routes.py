@@ -1,4 +1,4 @@
-"""Segment job routes (`/data/core/ups/segment/jobs`): create, list, get, cancel.
+"""Segment job routes (`/data/core/ups/segment/jobs`): create, list, bulk-get, get, cancel.
 
 The list answers `_links: {"next": {}}` and never a top-level `_links.href`: aepp's `getJobs` keeps asking
 while that is non-empty (aepp-client.md §3.3); clients page with `start`/`limit`.
@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from openprofile.core.errors import FieldError, NotFound, ValidationFailed
 from openprofile.core.http import check_json_content_type, parse_json_bytes, request_id_of
 from openprofile.core.platform import Platform, current_tenant, get_platform
 from openprofile.core.tenancy import Tenant
@@ -31,14 +32,34 @@ async def create_job(request: Request, tenant: Tenant = Depends(current_tenant),
     return JSONResponse(rendered, headers={"X-Location": f"/data/core/ups/segment/jobs/{job.id}"})
 
 
-@router.get("/jobs", summary="List segment jobs (newest first; limit, start, status)")
+@router.get("/jobs", summary="List segment jobs (newest first; limit, start, status, sort)")
 def list_jobs(limit: str | None = Query(None), start: str | None = Query(None), status: str | None = Query(None),
-              tenant: Tenant = Depends(current_tenant), platform: Platform = Depends(get_platform)) -> dict[str, Any]:
+              sort: str | None = Query(None), tenant: Tenant = Depends(current_tenant),
+              platform: Platform = Depends(get_platform)) -> dict[str, Any]:
     with platform.engine.connect() as conn:
-        found, total = jobs.list_page(conn, tenant, limit=limit, start=start, status=status)
+        found, total = jobs.list_page(conn, tenant, limit=limit, start=start, status=status, sort=sort)
         children = [jobs.render(conn, j) for j in found]
     return {"_page": {"totalCount": total, "pageSize": len(children)}, "children": children,
             "_links": {"next": {}}}
+
+
+@router.post("/jobs/bulk-get", status_code=207, summary="Get several segment jobs")
+async def bulk_get_jobs(request: Request, tenant: Tenant = Depends(current_tenant),
+                        platform: Platform = Depends(get_platform)) -> JSONResponse:
+    """`{"ids": [{"id": ...}]}` → 207 `{"results": {id: job}}`; an unknown id gets an error entry, as AEP's do."""
+    check_json_content_type(request)
+    body = parse_json_bytes(await request.body())
+    wanted = body.get("ids") if isinstance(body, dict) else None
+    if not isinstance(wanted, list) or not all(isinstance(i, dict) and isinstance(i.get("id"), str) for i in wanted):
+        raise ValidationFailed("bulk-get takes {\"ids\": [{\"id\": ...}]}", fields=[FieldError("/ids", "required")])
+    results: dict[str, Any] = {}
+    with platform.engine.connect() as conn:
+        for item in wanted:
+            try:
+                results[item["id"]] = jobs.render(conn, jobs.get(conn, tenant, item["id"]))
+            except NotFound as exc:
+                results[item["id"]] = {"errors": {"404": [{"code": 404, "message": exc.detail}]}}
+    return JSONResponse({"results": results}, status_code=207)
 
 
 @router.get("/jobs/{job_id}", summary="Get a segment job with its status and metrics")

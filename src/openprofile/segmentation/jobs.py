@@ -93,8 +93,9 @@ def _segment_entry(conn: Connection, tenant: Tenant, definition: definitions.Def
         "mergePolicyId": policy_ref["id"], "mergePolicy": dict(policy_ref)}}
 
 
-def create(conn: Connection, tenant: Tenant, body: Any, request_id: str) -> SegmentJob:
-    """`POST /segment/jobs`: an array of `{segmentId}` (`"*"`: every definition of the sandbox)."""
+def create(conn: Connection, tenant: Tenant, body: Any, request_id: str, *, queued: bool = True) -> SegmentJob:
+    """`POST /segment/jobs`: an array of `{segmentId}` (`"*"`: every definition of the sandbox). With
+    `queued=False` the job is not put on the queue: its creator runs it (`runner.run_inline`)."""
     if not isinstance(body, list) or not body:
         raise ValidationFailed("A segment job takes a non-empty array of {\"segmentId\": ...}",
                                fields=[FieldError("/", "a non-empty array")])
@@ -126,8 +127,25 @@ def create(conn: Connection, tenant: Tenant, body: Any, request_id: str) -> Segm
         id=job_id, org_id=tenant.org_id, sandbox_id=tenant.sandbox_id, status=NEW, segments=segments,
         metrics={"totalTime": {"startTimeInMs": now}, "profileSegmentationTime": {}}, errors=[],
         request_id=request_id, created_ms=now, updated_ms=now))
-    enqueue(conn, JOB_KIND, tenant, job_id, {"jobId": job_id})
+    if queued:
+        enqueue(conn, JOB_KIND, tenant, job_id, {"jobId": job_id})
     return get(conn, tenant, job_id)
+
+
+def unfinished(conn: Connection, tenant: Tenant, request_id: str) -> list[SegmentJob]:
+    """The jobs of a request that have not finished."""
+    rows = conn.execute(sa.select(segment_jobs).where(
+        tenant_scope(segment_jobs, tenant), segment_jobs.c.request_id == request_id,
+        segment_jobs.c.status.not_in(FINISHED))).all()
+    return [_from_row(tenant, row) for row in rows]
+
+
+def fail_unfinished(conn: Connection, tenant: Tenant, request_id: str, code: str, message: str) -> None:
+    """Fail the unfinished jobs of a request (left behind by a run that died)."""
+    for job in unfinished(conn, tenant, request_id):
+        to = CANCELLED if job.status == CANCELLING else FAILED
+        transition(conn, job, to, **({"errors": [{"code": code, "msg": message, "callStack": ""}]}
+                                     if to == FAILED else {}))
 
 
 def cancel(conn: Connection, tenant: Tenant, job_id: str) -> None:
@@ -156,11 +174,28 @@ def _int(name: str, raw: str | None, default: int, low: int, high: int) -> int:
     return value
 
 
+SORT_FIELDS = {"creationTime": segment_jobs.c.created_ms, "updateTime": segment_jobs.c.updated_ms}
+
+
+def _order(sort: str | None) -> list[Any]:
+    """AEP's `sort=attribute:asc|desc` (`creationTime:desc` when absent); ties broken by id the same way."""
+    name, _, direction = (sort or "creationTime:desc").strip().partition(":")
+    direction = direction.strip().lower() or "asc"
+    if name.strip() not in SORT_FIELDS or direction not in ("asc", "desc"):
+        raise ValidationFailed(f"sort '{sort}' is not supported: use creationTime or updateTime, with :asc or :desc",
+                               fields=[FieldError("sort", "creationTime or updateTime, with :asc or :desc")])
+    column = SORT_FIELDS[name.strip()]
+    if direction == "desc":
+        return [column.desc(), segment_jobs.c.id.desc()]
+    return [column.asc(), segment_jobs.c.id.asc()]
+
+
 def list_page(conn: Connection, tenant: Tenant, *, limit: str | None, start: str | None,
-              status: str | None) -> tuple[list[SegmentJob], int]:
-    """Newest first; `start` is how many to skip. Returns the page and the total count."""
+              status: str | None, sort: str | None = None) -> tuple[list[SegmentJob], int]:
+    """Newest first unless `sort` says otherwise; `start` is how many to skip. Returns the page and the total."""
     size = _int("limit", limit, DEFAULT_LIMIT, 1, MAX_LIMIT)
     skip = _int("start", start, 0, 0, 10**9)
+    order = _order(sort)
     where = [tenant_scope(segment_jobs, tenant)]
     if status:
         wanted = [s.strip().upper() for s in status.split(",") if s.strip()]
@@ -170,9 +205,7 @@ def list_page(conn: Connection, tenant: Tenant, *, limit: str | None, start: str
                                    fields=[FieldError("status", "unknown status")])
         where.append(segment_jobs.c.status.in_(wanted))
     total = int(conn.execute(sa.select(sa.func.count()).select_from(segment_jobs).where(*where)).scalar_one())
-    rows = conn.execute(sa.select(segment_jobs).where(*where)
-                        .order_by(segment_jobs.c.created_ms.desc(), segment_jobs.c.id.desc())
-                        .offset(skip).limit(size))
+    rows = conn.execute(sa.select(segment_jobs).where(*where).order_by(*order).offset(skip).limit(size))
     return [_from_row(tenant, r) for r in rows], total
 
 

@@ -25,6 +25,7 @@ from openprofile.core.errors import NotFound
 from openprofile.core.locks import named_lock
 from openprofile.core.platform import Platform
 from openprofile.core.queue import ClaimedJob, Handler
+from openprofile.core.tenancy import Tenant
 from openprofile.engine import profiles as plans
 from openprofile.engine import segments as sql
 from openprofile.engine.export import event_relations, with_cluster_identities
@@ -32,9 +33,10 @@ from openprofile.engine.merge import MergeRule, merge_sql, merged_structure
 from openprofile.engine.pql import Expression, PQLError, check, parse, sql_string, timestamp_sql, to_sql
 from openprofile.engine.profile_store import connect
 from openprofile.engine.structure import Structure, merge_structures
+from openprofile.profile import memberships as membership
 from openprofile.profile import store as profile_store
 from openprofile.profile.policies import MergePolicy, resolve_merge_policy
-from openprofile.segmentation import definitions, jobs, membership
+from openprofile.segmentation import definitions, jobs
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +219,28 @@ def run(platform: Platform, claimed: ClaimedJob) -> None:
         if job.status not in (jobs.NEW, jobs.QUEUED, jobs.PROCESSING) or not jobs.transition(conn, job,
                                                                                              jobs.PROCESSING):
             return
+    _run_processing(platform, job)
+
+
+def run_inline(platform: Platform, tenant: Tenant, segment_ids: list[str], request_id: str) -> jobs.SegmentJob:
+    """Evaluate segments now, in the caller's thread, as a segment job of their own (an export job with
+    `evaluationInfo.segmentation`): the job is visible in `/segment/jobs` but never queued, so no worker runs
+    it twice. Cancel it with `jobs.cancel`; a job left `PROCESSING` by an earlier attempt with the same
+    `request_id` (its worker died) is failed first. Returns the finished job."""
+    with platform.engine.begin() as conn:
+        jobs.fail_unfinished(conn, tenant, request_id, "SEGMENT_ABORTED", "The job that ran this evaluation stopped.")
+        job = jobs.create(conn, tenant, [{"segmentId": s} for s in segment_ids], request_id, queued=False)
+        if not jobs.transition(conn, job, jobs.PROCESSING):
+            raise RuntimeError(f"segment job {job.id} could not start")
+    _run_processing(platform, job)
+    finished = _reload(platform, job)
+    assert finished is not None
+    return finished
+
+
+def _run_processing(platform: Platform, job: jobs.SegmentJob) -> None:
+    """Evaluate a job its caller moved to PROCESSING, under the tenant's segmentation lock, and settle it."""
+    tenant = job.tenant
     lock_dir = platform.settings.data_dir / "locks"
     with named_lock(platform.engine, lock_dir, f"segments:{tenant.org_id}:{tenant.sandbox_id}"):
         reloaded = _reload(platform, job)

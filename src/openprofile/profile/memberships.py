@@ -6,7 +6,8 @@
 `CURRENT` beside it is the current membership: a run writes a new file (`write`), then `publish` moves the
 pointer by an atomic rename and removes the older files. Statuses follow aep-semantics.md §3.2:
 `realized` on entering, `existing` while staying in, `exited` on leaving; `last_qualification` is when
-the profile entered or left; `exited` rows older than 30 days are purged by the next run.
+the profile entered or left; `exited` rows older than 30 days are purged by the next run. Files are sorted
+by `_group` in small row groups, so a lookup reads one profile's memberships without a scan.
 """
 
 from __future__ import annotations
@@ -15,18 +16,22 @@ import os
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
 from openprofile.core.platform import Platform
 from openprofile.core.tenancy import Tenant
+from openprofile.engine import profiles as plans
+from openprofile.engine.profile_store import LOOKUP_ROW_GROUP
 
 POINTER = "CURRENT"
+DIRECTORY = "segments"  # under the tenant's profile store directory; kept by `openprofile rebuild`
 
 
 def policy_dir(platform: Platform, tenant: Tenant, policy_id: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", policy_id)
-    return platform.settings.profile_dir / tenant.org_id / tenant.sandbox_name / "segments" / safe
+    return platform.settings.profile_dir / tenant.org_id / tenant.sandbox_name / DIRECTORY / safe
 
 
 def current_memberships(platform: Platform, tenant: Tenant, policy_id: str) -> Path | None:
@@ -46,8 +51,17 @@ def write(conn: duckdb.DuckDBPyConnection, platform: Platform, tenant: Tenant, p
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"memberships-{uuid.uuid4().hex}.parquet"
     escaped = str(target).replace("'", "''")
-    conn.execute(f"COPY ({select}) TO '{escaped}' (FORMAT parquet, COMPRESSION zstd)")
+    conn.execute(f"COPY (SELECT * FROM ({select}) ORDER BY _group, segment_id) TO '{escaped}' "
+                 f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {LOOKUP_ROW_GROUP})")
     return target
+
+
+def of_profile(path: Path, group: str) -> dict[str, dict[str, Any]]:
+    """One profile's memberships in a membership file (sorted by `_group`: a point read of one small row
+    group), as `segmentMembership.ups` shows them: segment id → {status, lastQualificationTime}."""
+    table = plans.sorted_rows(path, "_group", [group.encode()], ["segment_id", "status", "last_qualification"])
+    return {str(row["segment_id"]): {"status": row["status"], "lastQualificationTime": row["last_qualification"]}
+            for row in table.to_pylist()}
 
 
 def publish(path: Path) -> None:
