@@ -12,7 +12,8 @@ from openprofile.core.platform import Platform
 from openprofile.identity.namespaces import xid
 from openprofile.profile import store
 from tests.conftest import Api
-from tests.helpers import EVENT_CLASS, assert_error, create_dataset, event, ingest, profile
+from tests.export.test_export_jobs import exported_rows, wait_job
+from tests.helpers import EVENT_CLASS, PROFILE_UNION, assert_error, create_dataset, event, ingest, profile
 from tests.profile.test_store import tenant_of
 
 ENTITIES = "/data/core/ups/access/entities"
@@ -90,6 +91,24 @@ def test_pdg_stitches_two_ecids_through_the_crmid(api: Api, stitched: dict[str, 
     assert from_a["entity"] == from_b["entity"]
     assert set(from_a["identityGraph"]) == {xid("ecid", ECID_A), xid("ecid", ECID_B), xid("crmid", "C1"),
                                             xid("email", "ann@x.com")}
+    # `identities` are the whole cluster's, as an export lists them: the records' own, then the members no
+    # record names (not primary), ordered by (id, namespace).
+    assert from_a["entity"]["identities"] == [
+        {"id": ECID_A, "namespace": {"code": "ecid"}, "primary": False},
+        {"id": ECID_B, "namespace": {"code": "ecid"}, "primary": False},
+        {"id": "C1", "namespace": {"code": "crmid"}, "primary": True},
+        {"id": "ann@x.com", "namespace": {"code": "email"}, "primary": False},
+    ]
+    only = lookup(api, ECID_A, "ECID", mergePolicyId=pdg, fields="identities.id").json()[xid("ecid", ECID_A)]
+    assert only["entity"] == {"identities": [{"id": ECID_A}, {"id": ECID_B}, {"id": "C1"}, {"id": "ann@x.com"}]}
+    target = create_dataset(api, "Target", schema_id=PROFILE_UNION, profile=False)
+    created = api.post("/data/core/ups/export/jobs", json={
+        "fields": "identities", "mergePolicy": {"id": pdg}, "destination": {"datasetId": target},
+        "schema": {"name": "_xdm.context.profile"}})
+    assert created.status_code == 200, created.text
+    done = wait_job(api, created.json()["id"])
+    (row,) = exported_rows(api, done["destination"]["batchId"])
+    assert row["identities"] == from_a["entity"]["identities"]
 
 
 def test_dataset_precedence_excludes_unlisted_datasets(api: Api, stitched: dict[str, str]) -> None:

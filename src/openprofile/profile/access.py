@@ -23,7 +23,7 @@ from openprofile.core.errors import FieldError, NotFound, PlatformError, Unproce
 from openprofile.core.platform import Platform
 from openprofile.core.tenancy import Tenant
 from openprofile.engine import profiles as plans
-from openprofile.engine.export import SEGMENT_MEMBERSHIP
+from openprofile.engine.export import SEGMENT_MEMBERSHIP, with_cluster_identities
 from openprofile.engine.fields import UnknownField, check_fields, parse_fields, project_sql
 from openprofile.engine.merge import FragmentSource, MergeRule, merge_sql, profile_structure
 from openprofile.engine.profile_store import DatasetFiles
@@ -81,6 +81,7 @@ class _Prepared:
     row_types: list[str]
     structure: Structure
     paths: list[str] | None
+    members: bool = False  # takes the cluster's members (a last parameter) for the whole `identities` list
 
 
 def _session(snapshot: store.StoreSnapshot | None = None) -> _Session:
@@ -196,11 +197,14 @@ def parse_and_check_fields(fields: str | list[str] | None, structure: Structure,
 
 
 def _lookup_statement(session: _Session, snapshot: store.StoreSnapshot, datasets: dict[str, DatasetFiles],
-                      rule: MergeRule, paths: list[str] | None) -> _Prepared:
+                      rule: MergeRule, paths: list[str] | None, stitched: bool) -> _Prepared:
     """The merge of one group's fragments (given as parameters) and its projection, prepared once per store
-    generation, datasets, merge rule and projection on this thread's connection."""
+    generation, datasets, merge rule and projection on this thread's connection. Under identity stitching a
+    profile's `identities` are its cluster's (as exports list them: `with_cluster_identities`), given as one
+    more parameter."""
+    members = stitched and selects(paths, "identities")
     key = (str(snapshot.view.files.root), snapshot.manifest.generation, tuple(datasets), rule,
-           None if paths is None else tuple(paths))
+           None if paths is None else tuple(paths), members)
     found = session.prepared.get(key)
     if found is not None:
         session.prepared.move_to_end(key)
@@ -211,9 +215,15 @@ def _lookup_statement(session: _Session, snapshot: store.StoreSnapshot, datasets
         paths = [p for p in paths if _known(p, structure)]
     projection = ", ".join(project_sql(paths, structure, source="m")) or "NULL AS \"__none\""
     name = f"__op_lookup_{next(session.names)}"
+    merged = merge_sql(sources, rule)
+    if members:
+        parameter = f"${len(sources) + 1}"
+        merged = with_cluster_identities(
+            merged, f"(SELECT __m._group AS _group, __m.ns AS ns, __m.id AS id "
+                    f"FROM (SELECT unnest(CAST({parameter} AS {_MEMBER_TYPE}[])) AS __m))")
     session.conn.execute(f"PREPARE {name} AS SELECT {projection}, m._sources, m._tags, m._last_modified_ms "
-                         f"FROM ({merge_sql(sources, rule)}) m")
-    prepared = _Prepared(name, row_types, structure, paths)
+                         f"FROM ({merged}) m")
+    prepared = _Prepared(name, row_types, structure, paths, members)
     session.prepared[key] = prepared
     while len(session.prepared) > MAX_PREPARED:
         _, evicted = session.prepared.popitem(last=False)
@@ -231,11 +241,17 @@ def merged_entity(platform: Platform, tenant: Tenant, snapshot: store.StoreSnaps
     hits = plans.fragment_hits(session.conn, snapshot.view, datasets, profile.members)
     if not any(hits):
         return None
-    statement = _lookup_statement(session, snapshot, datasets, merge_rule(policy), paths)
+    statement = _lookup_statement(session, snapshot, datasets, merge_rule(policy), paths,
+                                  policy.identity_graph == "pdg")
     variable = "__op_fragments_"
     script, registered = plans.fetch_sql(session.conn, snapshot.view, datasets, statement.row_types, hits,
                                          profile.group, variable)
     arguments = ", ".join(f"getvariable('{variable}{n}')" for n in range(len(datasets)))
+    if statement.members:
+        assert all(m[2] for m in profile.members), "find_profile(ids=True) for the cluster's identities"
+        listed = ", ".join(f"{{'_group': {_sql_text(profile.group)}, 'ns': {_sql_text(ns)}, 'id': {_sql_text(i)}}}"
+                           for _, ns, i in profile.members)
+        arguments += f", CAST([{listed}] AS {_MEMBER_TYPE}[])"
     script.append(f"EXECUTE {statement.name}({arguments})")
     try:
         table = session.conn.sql(";\n".join(script)).to_arrow_table()
@@ -261,9 +277,9 @@ def _add_memberships(platform: Platform, tenant: Tenant, policy: MergePolicy, gr
                      row: dict[str, Any]) -> None:
     """Overlay the memberships segment jobs computed for this profile under `segmentMembership.ups` (a computed
     segment replaces an ingested one of the same id; exports do the same: `engine.export.with_memberships`)."""
-    selected = [p.split(".")[1:] for p in paths or [] if p.split(".")[0] == "segmentMembership"]
-    if paths is not None and not selected:
+    if not selects(paths, "segmentMembership"):
         return
+    selected = [p.split(".")[1:] for p in paths or [] if p.split(".")[0] == "segmentMembership"]
     path = memberships.current_memberships(platform, tenant, policy.id)
     computed = memberships.of_profile(path, group) if path is not None else {}
     if not computed:
@@ -278,6 +294,18 @@ def _add_memberships(platform: Platform, tenant: Tenant, policy: MergePolicy, gr
     row["segmentMembership"] = namespaces
 
 
+_MEMBER_TYPE = 'STRUCT("_group" VARCHAR, "ns" VARCHAR, "id" VARCHAR)'
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def selects(paths: list[str] | None, column: str) -> bool:
+    """Whether a projection (None: everything) includes the top-level column or part of it."""
+    return paths is None or any(p.split(".")[0] == column for p in paths)
+
+
 def _known(path: str, structure: Structure) -> bool:
     try:
         check_fields([path], structure)
@@ -290,7 +318,8 @@ def lookup(platform: Platform, tenant: Tenant, policy: MergePolicy, entity_id: s
            fields: str | list[str] | None) -> dict[str, Any]:
     snapshot = store.snapshot(platform, tenant)
     paths = parse_and_check_fields(fields, profile_fields(snapshot))
-    profile = find_profile(platform, snapshot, policy, entity_id, namespace, ids=False)
+    profile = find_profile(platform, snapshot, policy, entity_id, namespace,
+                           ids=policy.identity_graph == "pdg" and selects(paths, "identities"))
     entity = merged_entity(platform, tenant, snapshot, policy, profile, paths)
     if entity is None:
         raise access_error(NotFound(f"No profile found for identity '{entity_id}'."))
