@@ -5,29 +5,19 @@ Data Access; then new data arrives and a second evaluation turns some `realized`
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import ServerProcess
+from tests.export.test_export_aepp import _wait
 from tests.helpers import PROFILE_CLASS, profile
 from tests.profile.test_access_aepp import _ingest
 from tests.specs import assert_matches_spec
 from tests.test_aepp_client import configure_aepp
 
 pytestmark = pytest.mark.server
-
-
-def _wait(get: Any, job_id: Any) -> dict[str, Any]:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = get(job_id)
-        if job["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def test_evaluate_then_export_twice(server: ServerProcess) -> None:
