@@ -28,8 +28,10 @@ from openprofile.profile.access_routes import router as profile_access_router
 from openprofile.profile.policy_routes import router as merge_policies_router
 from openprofile.schemaregistry.routes import router as schema_router
 from openprofile.segmentation import jobs as segment_jobs
+from openprofile.segmentation import preview as segment_preview
 from openprofile.segmentation import runner as segment_runner
 from openprofile.segmentation.job_routes import router as segment_jobs_router
+from openprofile.segmentation.preview_routes import router as segment_preview_router
 from openprofile.segmentation.routes import router as segmentation_router
 
 
@@ -40,6 +42,7 @@ def job_handlers(platform: Platform) -> dict[str, Handler]:
         profile_store.JOB_KIND: profile_store.handler(platform),
         export_service.JOB_KIND: export_runner.handler(platform),
         segment_jobs.JOB_KIND: segment_runner.handler(platform),
+        segment_preview.JOB_KIND: segment_preview.handler(platform),
     }
 
 
@@ -76,6 +79,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     install_error_handlers(app)
     for router in (gateway_router, catalog_router, ingest_router, access_router, schema_router,
                    merge_policies_router, profile_access_router, export_router, segmentation_router,
-                   segment_jobs_router):
+                   segment_jobs_router, segment_preview_router):
         app.include_router(router)
     return app

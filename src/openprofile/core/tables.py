@@ -269,3 +269,20 @@ segment_jobs = Table(
     Column("updated_ms", BigInteger, nullable=False),
     Index("ix_segment_jobs_tenant_page", "org_id", "sandbox_id", "created_ms", "id"),
 )
+
+segment_previews = Table(
+    "segment_previews",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("query_id", String(36), nullable=False),
+    Column("org_id", String(128), nullable=False),
+    Column("sandbox_id", String(36), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("request", JSON, nullable=False),
+    Column("result", JSON, nullable=False),
+    Column("error", JSON, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index("ix_segment_previews_tenant", "org_id", "sandbox_id", "created_ms"),
+)
