@@ -12,37 +12,32 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow.parquet as pq
 
 from openprofile.catalog import service as catalog
 from openprofile.core.clock import now_ms
 from openprofile.core.errors import NotFound
 from openprofile.core.platform import Platform
 from openprofile.core.queue import ClaimedJob, Handler
-from openprofile.engine import profiles as plans
 from openprofile.engine.export import (
     EventPlan,
     ExportPlan,
     SegmentCondition,
     WrittenBatch,
-    event_relations,
     export_query,
     slice_count,
     write_parquet,
 )
 from openprofile.engine.fields import parse_fields
-from openprofile.engine.merge import MergeRule
 from openprofile.engine.profile_store import connect
-from openprofile.engine.structure import Structure, from_arrow_schema, merge_structures
+from openprofile.engine.structure import from_arrow_schema, merge_structures
 from openprofile.export import jobs
 from openprofile.export import service as export_service
 from openprofile.export.models import parse_rfc3339
-from openprofile.profile import memberships as membership
+from openprofile.profile import memberships
 from openprofile.profile import store as profile_store
 from openprofile.profile.policies import MergePolicy, resolve_merge_policy
 from openprofile.segmentation import jobs as segment_jobs
@@ -73,39 +68,25 @@ def _ms(value: str | None) -> int | None:
 
 def build_plan(platform: Platform, snapshot: profile_store.StoreSnapshot, policy: MergePolicy,
                request: dict[str, Any]) -> ExportPlan:
-    rule = MergeRule(policy.attribute_merge, tuple(policy.order))
-    stitched = policy.identity_graph == "pdg"
-    identities = snapshot.path(snapshot.manifest.identities) if snapshot.manifest.identities else None
-    limit = platform.settings.max_graph_identities
-    records = {d: f for d, f in snapshot.record_datasets().items() if rule.includes(d)}
-    sources = plans.fragment_sources(snapshot.view, records, stitched=stitched, identities=identities,
-                                     max_cluster_size=limit)
+    inputs = profile_store.merge_inputs(platform, snapshot, policy)
     filters = request.get("filter") or {}
     qualification = filters.get("segmentQualificationTime") or {}
     events = None
     event_list = (request.get("additionalFields") or {}).get("eventList")
-    if event_list is not None:
-        entries = list(snapshot.event_datasets().values())
-        structure: Structure = {}
-        for entry in entries:
-            structure = merge_structures(structure, entry.structure)
+    if event_list is not None and inputs.events:
         window = event_list.get("filter") or {}
         events = EventPlan(
-            relations=event_relations(snapshot.view.lake_root, snapshot.view.files, entries, stitched=stitched,
-                                      identities=identities, max_cluster_size=limit),
-            structure=structure, paths=parse_fields(event_list.get("fields")),
-            from_ingest_ms=_ms(window.get("fromIngestTimestamp")), to_ingest_ms=_ms(window.get("toIngestTimestamp")),
-        ) if entries else None
-    members = snapshot.path(snapshot.manifest.members) if stitched and snapshot.manifest.members else None
-    fragments = sum(pq.read_metadata(snapshot.path(f)).num_rows for entry in records.values() for f in entry.files)
+            relations=inputs.events, structure=inputs.event_structure, paths=parse_fields(event_list.get("fields")),
+            from_ingest_ms=_ms(window.get("fromIngestTimestamp")), to_ingest_ms=_ms(window.get("toIngestTimestamp")))
     return ExportPlan(
-        sources=sources, rule=rule, members=members, paths=parse_fields(request.get("fields")),
+        sources=inputs.sources, rule=inputs.rule, members=inputs.members, paths=parse_fields(request.get("fields")),
         segments=tuple(SegmentCondition(s["segmentId"], s.get("segmentNs", "ups"),
                                         tuple(s.get("status") or ("realized", "existing")))
                        for s in filters.get("segments") or []),
         qualified_from_ms=_ms(qualification.get("startTime")), qualified_to_ms=_ms(qualification.get("endTime")),
         from_ingest_ms=_ms(filters.get("fromIngestTimestamp")), empty_profiles=bool(filters.get("emptyProfiles")),
-        events=events, slices=slice_count(fragments),
+        events=events, slices=slice_count(inputs.fragments),
+        memberships=memberships.current_memberships(platform, snapshot.tenant, policy.id),
     )
 
 
@@ -225,8 +206,7 @@ def _execute(platform: Platform, job: jobs.ExportJob) -> dict[str, tuple[Written
         raise ExportError("EXPORT_UNKNOWN_SEGMENT", f"Segment '{unknown[0]}' is neither a segment definition of this "
                           "sandbox nor an audience of the ingested segmentMembership data.")
     _evaluate_segments(platform, job)
-    plan = replace(build_plan(platform, snapshot, policy, job.request),
-                   memberships=membership.current_memberships(platform, job.tenant, policy.id))
+    plan = build_plan(platform, snapshot, policy, job.request)
     duck = connect(platform.settings.engine_threads, EXPORT_MEMORY_LIMIT, platform.settings.data_dir / "tmp" / "duckdb")
     stop, cancelled = threading.Event(), threading.Event()
     progress: list[WrittenBatch] = []

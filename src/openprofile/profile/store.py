@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -26,10 +27,14 @@ from openprofile.core.platform import Platform
 from openprofile.core.queue import ClaimedJob, Handler, enqueue
 from openprofile.core.tables import profile_batches, profile_deletions
 from openprofile.core.tenancy import Tenant
+from openprofile.engine.export import event_relations
+from openprofile.engine.merge import FragmentSource, MergeRule
 from openprofile.engine.profile_store import BatchInput, DatasetFiles, Manifest, StoreFiles, Tombstone, apply_batches
-from openprofile.engine.profiles import StoreView
+from openprofile.engine.profiles import StoreView, fragment_sources
+from openprofile.engine.structure import Structure, merge_structures
 from openprofile.identity.namespaces import xid
 from openprofile.profile import memberships
+from openprofile.profile.policies import MergePolicy
 
 JOB_KIND = "profile.apply"
 PENDING, APPLIED, SKIPPED = "pending", "applied", "skipped"
@@ -162,6 +167,7 @@ class StoreSnapshot:
     view: StoreView
     manifest: Manifest
     live_datasets: dict[str, catalog.Dataset]
+    tenant: Tenant
 
     def path(self, name: str) -> Path:
         return self.view.files.path(name)
@@ -177,11 +183,46 @@ class StoreSnapshot:
         return self._of_kind("experienceevent")
 
 
+@dataclass(frozen=True)
+class MergeInputs:
+    """What a merge policy merges in one store generation, for the plans that scan every profile (exports,
+    segment jobs, previews): the rule, the record datasets' fragment sources grouped by the policy's identity
+    graph (oversized clusters left out), the members index under `pdg`, and the event relations with their
+    structure (both empty without event datasets)."""
+
+    rule: MergeRule
+    stitched: bool
+    sources: list[FragmentSource]
+    members: Path | None
+    events: list[str]
+    event_structure: Structure
+    fragments: int  # index rows of the merged datasets: how many fragments the merge reads
+
+
+def merge_inputs(platform: Platform, snapshot: StoreSnapshot, policy: MergePolicy) -> MergeInputs:
+    rule = MergeRule(policy.attribute_merge, tuple(policy.order))
+    stitched = policy.identity_graph == "pdg"
+    identities = snapshot.path(snapshot.manifest.identities) if snapshot.manifest.identities else None
+    limit = platform.settings.max_graph_identities
+    records = {d: f for d, f in snapshot.record_datasets().items() if rule.includes(d)}
+    sources = fragment_sources(snapshot.view, records, stitched=stitched, identities=identities,
+                               max_cluster_size=limit)
+    entries = list(snapshot.event_datasets().values())
+    structure: Structure = {}
+    for entry in entries:
+        structure = merge_structures(structure, entry.structure)
+    events = event_relations(snapshot.view.lake_root, snapshot.view.files, entries, stitched=stitched,
+                             identities=identities, max_cluster_size=limit) if entries else []
+    members = snapshot.path(snapshot.manifest.members) if stitched and snapshot.manifest.members else None
+    fragments = sum(pq.read_metadata(snapshot.path(f)).num_rows for entry in records.values() for f in entry.files)
+    return MergeInputs(rule, stitched, sources, members, events, structure, fragments)
+
+
 def snapshot(platform: Platform, tenant: Tenant) -> StoreSnapshot:
     files = store_files(platform, tenant)
     with platform.engine.connect() as conn:
         live = {d.id: d for d in catalog.find_datasets(conn, tenant) if d.profile_enabled}
-    return StoreSnapshot(StoreView(platform.lake.root, files), files.current(shared=True), live)
+    return StoreSnapshot(StoreView(platform.lake.root, files), files.current(shared=True), live, tenant)
 
 
 def record_deletion(conn: Connection, tenant: Tenant, identities: list[tuple[str, str]]) -> None:

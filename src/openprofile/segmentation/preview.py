@@ -54,7 +54,7 @@ from openprofile.profile import store as profile_store
 from openprofile.profile.access import jsonable
 from openprofile.profile.policies import MergePolicy, resolve_merge_policy
 from openprofile.segmentation import definitions
-from openprofile.segmentation.runner import _profiles_table, _quote_path
+from openprofile.segmentation.runner import profiles_table, quote_path
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def _load_memberships(duck: duckdb.DuckDBPyConnection, platform: Platform, tenan
     remove the old one between reading the pointer and reading the file: then read the pointer again."""
     for attempt in range(3):
         current = memberships.current_memberships(platform, tenant, policy_id)
-        source = f"read_parquet({_quote_path(current)})" if current else f"({sql.empty_membership_sql()})"
+        source = f"read_parquet({quote_path(current)})" if current else f"({sql.empty_membership_sql()})"
         try:
             duck.execute(f"CREATE OR REPLACE TEMP TABLE __prev AS SELECT _group, segment_id, status, "
                          f"CAST(last_qualification AS TIMESTAMPTZ) AS last_qualification FROM {source}")
@@ -229,7 +229,7 @@ def evaluate(platform: Platform, preview: Preview) -> dict[str, Any]:
             raise PreviewFailed(error.detail) from None
     duck = connect(platform.settings.engine_threads, None, platform.settings.data_dir / "tmp" / "duckdb")
     try:
-        total = _profiles_table(duck, platform, snapshot, policy, unions)
+        total = profiles_table(duck, platform, snapshot, policy, unions)
         if expression.segment_refs:
             _load_memberships(duck, platform, tenant, policy.id)
         relations = {r: sql.active_members_sql("__prev", r) for r in expression.segment_refs}

@@ -26,13 +26,12 @@ from openprofile.core.locks import named_lock
 from openprofile.core.platform import Platform
 from openprofile.core.queue import ClaimedJob, Handler
 from openprofile.core.tenancy import Tenant
-from openprofile.engine import profiles as plans
 from openprofile.engine import segments as sql
-from openprofile.engine.export import event_relations, with_cluster_identities
-from openprofile.engine.merge import MergeRule, merge_sql, merged_structure
+from openprofile.engine.export import with_cluster_identities
+from openprofile.engine.merge import merge_sql, merged_structure
 from openprofile.engine.pql import Expression, PQLError, check, parse, sql_string, timestamp_sql, to_sql
 from openprofile.engine.profile_store import connect
-from openprofile.engine.structure import Structure, merge_structures
+from openprofile.engine.structure import Structure
 from openprofile.profile import memberships as membership
 from openprofile.profile import store as profile_store
 from openprofile.profile.policies import MergePolicy, resolve_merge_policy
@@ -56,7 +55,7 @@ def _metric(start: int, end: int) -> dict[str, int]:
     return {"startTimeInMs": start, "endTimeInMs": end, "totalTimeInMs": end - start}
 
 
-def _quote_path(path: Path) -> str:
+def quote_path(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
@@ -90,29 +89,17 @@ def _check_running(platform: Platform, job: jobs.SegmentJob) -> None:
         raise Cancelled
 
 
-def _profiles_table(duck: duckdb.DuckDBPyConnection, platform: Platform, snapshot: profile_store.StoreSnapshot,
+def profiles_table(duck: duckdb.DuckDBPyConnection, platform: Platform, snapshot: profile_store.StoreSnapshot,
                     policy: MergePolicy, unions: tuple[Structure, Structure]) -> int:
     """Materialise the policy's merged profiles (with `xEvent`) as `__profiles`; returns how many there are."""
-    rule = MergeRule(policy.attribute_merge, tuple(policy.order))
-    stitched = policy.identity_graph == "pdg"
-    identities = snapshot.path(snapshot.manifest.identities) if snapshot.manifest.identities else None
-    limit = platform.settings.max_graph_identities
-    records = {d: f for d, f in snapshot.record_datasets().items() if rule.includes(d)}
-    sources = plans.fragment_sources(snapshot.view, records, stitched=stitched, identities=identities,
-                                     max_cluster_size=limit)
+    inputs = profile_store.merge_inputs(platform, snapshot, policy)
     merged: str | None = None
-    if sources:
-        merged = merge_sql(sources, rule)
-        if stitched and snapshot.manifest.members:
-            merged = with_cluster_identities(merged, snapshot.path(snapshot.manifest.members))
-    entries = list(snapshot.event_datasets().values())
-    stored_events: Structure = {}
-    for entry in entries:
-        stored_events = merge_structures(stored_events, entry.structure)
-    relations = event_relations(snapshot.view.lake_root, snapshot.view.files, entries, stitched=stitched,
-                                identities=identities, max_cluster_size=limit) if entries else []
-    select = sql.profiles_sql(merged, merged_structure(sources) if sources else {}, unions[0], relations,
-                              stored_events, unions[1])
+    if inputs.sources:
+        merged = merge_sql(inputs.sources, inputs.rule)
+        if inputs.members is not None:
+            merged = with_cluster_identities(merged, inputs.members)
+    select = sql.profiles_sql(merged, merged_structure(inputs.sources) if inputs.sources else {}, unions[0],
+                              inputs.events, inputs.event_structure, unions[1])
     duck.execute(f"CREATE OR REPLACE TEMP TABLE __profiles AS {select}")
     row = duck.execute("SELECT count(*) FROM __profiles").fetchone()
     return int(row[0]) if row else 0
@@ -123,7 +110,7 @@ def _evaluate_policy(duck: duckdb.DuckDBPyConnection, platform: Platform, job: j
                      now_sql: str, metrics: dict[str, Any]) -> Path:
     """Evaluate one policy's segments over `__profiles`; write (not publish) its next membership file."""
     previous = membership.current_memberships(platform, job.tenant, policy.id)
-    source = f"read_parquet({_quote_path(previous)})" if previous else f"({sql.empty_membership_sql()})"
+    source = f"read_parquet({quote_path(previous)})" if previous else f"({sql.empty_membership_sql()})"
     duck.execute(f"CREATE OR REPLACE TEMP TABLE __prev AS SELECT _group, segment_id, status, "
                  f"CAST(last_qualification AS TIMESTAMPTZ) AS last_qualification FROM {source}")
     tables: dict[str, str] = {}
@@ -146,7 +133,7 @@ def _evaluate_policy(duck: duckdb.DuckDBPyConnection, platform: Platform, job: j
     path = membership.write(duck, platform, job.tenant, policy.id,
                             sql.next_membership_sql("__prev", "__qualified", list(tables), now_sql))
     rows = duck.execute(
-        f"SELECT segment_id, status, count(*) FROM read_parquet({_quote_path(path)}) "
+        f"SELECT segment_id, status, count(*) FROM read_parquet({quote_path(path)}) "
         f"WHERE status <> 'exited' OR last_qualification = {now_sql} GROUP BY ALL").fetchall()
     by_status: dict[str, Counter[str]] = {s: Counter() for s in tables}
     for segment_id, status, count in rows:
@@ -190,7 +177,7 @@ def _execute(platform: Platform, job: jobs.SegmentJob) -> tuple[dict[str, Any], 
     try:
         for key, segments in groups.items():
             policy = policies[key]
-            count = _profiles_table(duck, platform, snapshot, policy, unions)
+            count = profiles_table(duck, platform, snapshot, policy, unions)
             metrics["totalProfilesByMergePolicy"][policy.id] = count
             metrics["totalProfiles"] = max(metrics["totalProfiles"], count)
             written.append(_evaluate_policy(duck, platform, job, policy, segments, compiled, now_sql, metrics))
