@@ -3,13 +3,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+SCALE ?= 1000000
 
 .PHONY: install demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,6 +28,10 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# The benchmark harness (bench/README.md): `make bench`, `make bench SCALE=100000`, `make bench SCALE=5000000`.
+bench: $(STAMP)
+	$(PY) bench/run.py --scale $(SCALE)
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache

@@ -29,113 +29,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import shutil
-import socket
-import sqlite3
-import statistics
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import httpx
+from bench_common import (
+    DEFAULT_OUT,
+    ENTITIES,
+    EVENT_CLASS,
+    POLICIES,
+    PROFILE_CLASS,
+    DemoClient,
+    Server,
+    git_revision,
+    ingest_all,
+    percentiles,
+    running_server,
+    size_of,
+)
+from bench_common import generated_data as generate
 
-from openprofile.demo import CLIENT_ID, CLIENT_SECRET, EVENT_CLASS, ORG, PROFILE_CLASS, DemoClient
-from openprofile.generate import GeneratedData, GeneratedFile, generate_dataset
+from openprofile.generate import GeneratedData
 
-ENTITIES = "/data/core/ups/access/entities"
-POLICIES = "/data/core/ups/config/mergePolicies"
-DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 SEED = 42
-
-
-# --------------------------------------------------------------------------------------------------
-# The server process
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    base_url: str
-    process: subprocess.Popen[bytes]
-    data_dir: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process (its threads included) so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of stat)
-
-    def memory(self) -> dict[str, int]:
-        """VmHWM (peak RSS) and VmRSS of the server process, in bytes."""
-        found: dict[str, int] = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS"):
-                found[key] = int(value.split()[0]) * 1024
-        return found
-
-
-@contextmanager
-def running_server(data_dir: Path, threads: int | None) -> Iterator[Server]:
-    """`openprofile serve` on 127.0.0.1 and a free port, on `data_dir` with the demo org's credentials."""
-    from openprofile.core.platform import Platform
-    from openprofile.core.settings import Settings
-    from openprofile.core.tenancy import add_credentials
-
-    platform = Platform.open(Settings(data_dir=data_dir))
-    with platform.engine.begin() as conn:
-        add_credentials(conn, ORG, CLIENT_ID, CLIENT_SECRET)
-    platform.close()
-    port = _free_port()
-    env = {**os.environ, "OPENPROFILE_HOST": "127.0.0.1", "OPENPROFILE_POLL_SECONDS": "0.05"}
-    if threads:
-        env["OPENPROFILE_ENGINE_THREADS"] = str(threads)
-    env.pop("OPENPROFILE_DATABASE_URL", None)
-    log = data_dir / "server.log"
-    process = subprocess.Popen([sys.executable, "-m", "openprofile", "serve", "--host", "127.0.0.1", "--port",
-                                str(port), "--data-dir", str(data_dir)],
-                               stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server stopped: {log.read_text()}")
-            try:
-                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.1)
-        yield Server(base_url, process, data_dir)
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,17 +67,7 @@ def running_server(data_dir: Path, threads: int | None) -> Iterator[Server]:
 
 def generated_data(out: Path, profiles: int, events_per_profile: int) -> tuple[GeneratedData, bool]:
     """The generated dataset under `out`, reused when its manifest matches (True) or written now (False)."""
-    folder = out / f"generated-{profiles}x{events_per_profile}"
-    manifest_path = folder / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if (manifest.get("profiles"), manifest.get("eventsPerProfile"), manifest.get("seed")) == (
-                profiles, events_per_profile, SEED):
-            files = [GeneratedFile(name, folder / f["path"], int(f["records"]))
-                     for name, entry in manifest["datasets"].items() for f in entry["files"]]
-            if all(f.path.exists() for f in files):
-                return GeneratedData(folder, SEED, profiles, files), True
-    return generate_dataset(folder, profiles, seed=SEED, events_per_profile=events_per_profile), False
+    return generate(out / f"generated-{profiles}x{events_per_profile}", profiles, events_per_profile, SEED)
 
 
 def expected_names(data: GeneratedData, crm_ids: list[str], ingest_ms: dict[str, int],
@@ -221,92 +134,6 @@ def sample_crm_ids(data: GeneratedData, count: int, seed: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Ingestion
-
-
-def _metadata(data_dir: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{data_dir / 'metadata.sqlite3'}?mode=ro", uri=True, timeout=30)
-
-
-def pending_batches(data_dir: Path) -> int:
-    """Profile-store batches not applied yet; raises when an apply job failed (it would never settle)."""
-    db = _metadata(data_dir)
-    try:
-        failed = db.execute("SELECT count(*) FROM queue_jobs WHERE kind = 'profile.apply' AND status = 'failed'"
-                            ).fetchone()[0]
-        if failed:
-            raise RuntimeError(f"a profile.apply job failed: see {data_dir / 'server.log'}")
-        return int(db.execute("SELECT count(*) FROM profile_batches WHERE status = 'pending'").fetchone()[0])
-    finally:
-        db.close()
-
-
-def apply_latencies(data_dir: Path) -> dict[str, float]:
-    """Per batch, seconds from its registration (lake success) to its apply in the store."""
-    db = _metadata(data_dir)
-    try:
-        rows = db.execute("SELECT batch_id, created_ms, applied_ms FROM profile_batches").fetchall()
-    finally:
-        db.close()
-    return {str(b): (int(a) - int(c)) / 1000 for b, c, a in rows if a is not None}
-
-
-def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    with path.open("rb") as handle:
-        while chunk := handle.read(size):
-            yield chunk
-
-
-def ingest_all(client: DemoClient, server: Server, datasets: dict[str, str], data: GeneratedData,
-               timeout: float) -> dict[str, Any]:
-    """Upload and complete one batch per dataset, then wait for the lake, then for the profile store."""
-    started, cpu0 = time.perf_counter(), server.cpu_seconds()
-    batches: dict[str, str] = {}
-    for name, dataset_id in datasets.items():
-        batch_id = client.call("POST", "/data/foundation/import/batches",
-                               json={"datasetId": dataset_id, "inputFormat": {"format": "parquet"}})["id"]
-        for generated in data.files_for(name):
-            client.call("PUT", f"/data/foundation/import/batches/{batch_id}/datasets/{dataset_id}/files/"
-                               f"{generated.path.name}", content=_chunks(generated.path),
-                        headers={"Content-Type": "application/octet-stream"})
-        client.call("POST", f"/data/foundation/import/batches/{batch_id}", params={"action": "COMPLETE"})
-        batches[name] = batch_id
-    uploaded = time.perf_counter() - started
-    deadline = time.monotonic() + timeout
-    settled: dict[str, dict[str, Any]] = {}
-    while len(settled) < len(batches):
-        for name, batch_id in batches.items():
-            if name in settled:
-                continue
-            batch = client.call("GET", f"/data/foundation/catalog/batches/{batch_id}")[batch_id]
-            if batch["status"] in ("success", "failed", "aborted"):
-                if batch["status"] != "success":
-                    raise RuntimeError(f"batch {batch_id} ({name}) ended {batch['status']}: {batch.get('errors')}")
-                settled[name] = batch
-        if time.monotonic() > deadline:
-            raise TimeoutError("the lake did not settle in time")
-        time.sleep(0.05)
-    lake_s, lake_cpu = time.perf_counter() - started, server.cpu_seconds() - cpu0
-    while pending_batches(server.data_dir):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the profile store did not settle in time")
-        time.sleep(0.05)
-    store_s, store_cpu = time.perf_counter() - started, server.cpu_seconds() - cpu0
-    latencies = apply_latencies(server.data_dir)
-    records = {name: int(b["metrics"].get("recordsWritten", 0)) for name, b in settled.items()}
-    total = sum(records.values())
-    return {
-        "records": records, "records_total": total, "upload_s": uploaded,
-        "lake_s": lake_s, "lake_cpu_s": lake_cpu, "lake_records_per_s": total / lake_s,
-        "store_s": store_s, "store_cpu_s": store_cpu, "store_records_per_s": total / store_s,
-        "store_after_lake_s": store_s - lake_s,
-        "batches": {name: {"id": batches[name], "completed_ms": int(b["completed"]),
-                           "store_apply_after_lake_s": latencies.get(batches[name])} for name, b in settled.items()},
-        "memory_after_ingest": server.memory(),
-    }
-
-
-# --------------------------------------------------------------------------------------------------
 # Lookups
 
 
@@ -315,16 +142,6 @@ def _params(crm_id: str, policy_id: str | None) -> dict[str, str]:
     if policy_id:
         params["mergePolicyId"] = policy_id
     return params
-
-
-def _percentiles(latencies: list[float]) -> dict[str, float]:
-    ordered = sorted(latencies)
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1] * 1000  # nearest rank
-
-    return {"n": len(ordered), "p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": ordered[-1] * 1000,
-            "mean_ms": statistics.fmean(ordered) * 1000}
 
 
 def sequential_lookups(client: DemoClient, server: Server, crm_ids: list[str], policy_id: str | None,
@@ -344,7 +161,7 @@ def sequential_lookups(client: DemoClient, server: Server, crm_ids: list[str], p
         want = expected[crm_id][mode]
         if name != want:
             wrong.append({"crmid": crm_id, "got": name, "want": want})
-    return {**_percentiles(latencies), "cpu_s": server.cpu_seconds() - cpu0, "checked": len(crm_ids),
+    return {**percentiles(latencies), "cpu_s": server.cpu_seconds() - cpu0, "checked": len(crm_ids),
             "wrong": len(wrong), "wrong_sample": wrong[:5]}
 
 
@@ -377,7 +194,7 @@ def concurrent_lookups(base_url: str, server: Server, crm_ids: list[str], policy
     for worker in workers:
         worker.join()
     wall = time.perf_counter() - started
-    return {**_percentiles(latencies), "threads": threads, "wall_s": wall, "requests_per_s": len(latencies) / wall,
+    return {**percentiles(latencies), "threads": threads, "wall_s": wall, "requests_per_s": len(latencies) / wall,
             "cpu_s": server.cpu_seconds() - cpu0, "errors": len(errors)}
 
 
@@ -400,7 +217,7 @@ def run(profiles: int, events_per_profile: int = 10, out: Path = DEFAULT_OUT, lo
     results: dict[str, Any] = {
         "benchmark": "profile", "profiles": profiles, "events_per_profile": events_per_profile,
         "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "cpus": os.cpu_count(),
-        "load_average_before": os.getloadavg(), "git": _git_revision(),
+        "load_average_before": os.getloadavg(), "git": git_revision(),
     }
     try:
         with running_server(data_dir, engine_threads) as server:
@@ -432,8 +249,8 @@ def run(profiles: int, events_per_profile: int = 10, out: Path = DEFAULT_OUT, lo
             results["linked_in_sample"] = sum(1 for c in crm_ids if expected[c]["linked"])
             results["memory"] = server.memory()
             results["server_cpu_s"] = server.cpu_seconds()
-            results["store_bytes"] = _size(data_dir / "profile")
-            results["lake_bytes"] = _size(data_dir / "lake")
+            results["store_bytes"] = size_of(data_dir / "profile")
+            results["lake_bytes"] = size_of(data_dir / "lake")
             client.http.close()
     finally:
         if not keep:
@@ -448,19 +265,6 @@ def run(profiles: int, events_per_profile: int = 10, out: Path = DEFAULT_OUT, lo
     if not quiet:
         print_table(results)
     return results
-
-
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
-
-
-def _git_revision() -> str | None:
-    try:
-        found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                               cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return found.stdout.strip()
 
 
 def print_table(r: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_profile.py"
 
 
 def load_bench() -> ModuleType:
+    if str(BENCH.parent) not in sys.path:
+        sys.path.insert(0, str(BENCH.parent))  # the benchmarks import their shared module as a sibling
     spec = importlib.util.spec_from_file_location("bench_profile", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
