@@ -25,12 +25,10 @@ exports; `--repeat N` runs the floor and each export N times and reports the fas
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform as host
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -38,39 +36,21 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from bench_common import BENCH_DIR as ROOT
+from bench_common import UNION, Proc, lake_files, wait_store
 
 from openprofile.demo import CLIENT_ID, CLIENT_SECRET, EVENT_CLASS, ORG, PROFILE_CLASS, DemoClient, running_server
-
-ROOT = Path(__file__).resolve().parent
-UNION = "https://ns.adobe.com/xdm/context/profile__union"
 
 
 def proc_stats(pid: int) -> dict[str, float]:
     """CPU seconds (user+system) and peak RSS (MiB) of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
-    peak = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) / 1024
-    return {"cpu_s": cpu, "peak_rss_mib": peak}
+    proc = Proc(pid)
+    return {"cpu_s": proc.cpu_seconds(), "peak_rss_mib": proc.peak_mib()}
 
 
 def server_pid(port: int) -> int:
     out = subprocess.run(["pgrep", "-f", f"openprofile serve --port {port}"], capture_output=True, text=True)
     return int(out.stdout.split()[0])
-
-
-def wait_store(data_dir: Path) -> None:
-    db = sqlite3.connect(data_dir / "metadata.sqlite3")
-    while db.execute("SELECT count(*) FROM profile_batches WHERE status = 'pending'").fetchone()[0]:
-        time.sleep(0.2)
-    db.close()
-
-
-def lake_files(data_dir: Path, dataset_id: str) -> list[str]:
-    return sorted(str(p) for p in (data_dir / "lake").glob(f"*/*/{dataset_id}/*/*.parquet"))
 
 
 def floor(files: list[str], out: Path, threads: int) -> dict[str, float]:
@@ -120,9 +100,9 @@ def expected_profiles(record_files: list[str], event_files: list[str]) -> int:
 
 
 def reset_peak(pid: int) -> None:
-    """Reset the process's peak RSS (VmHWM) to its current RSS, so the next reading is one export's peak."""
-    with contextlib.suppress(OSError):  # if not allowed, the peak covers the server's whole life
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    """Reset the process's peak RSS (VmHWM) to its current RSS, so the next reading is one export's peak
+    (if not allowed, the peak covers the server's whole life)."""
+    Proc(pid).reset_peak()
 
 
 def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
