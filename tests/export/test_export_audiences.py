@@ -11,6 +11,7 @@ import pytest
 
 from openprofile.core.platform import Platform
 from openprofile.core.tenancy import Tenant
+from openprofile.export import service as export_service
 from openprofile.profile import store as profile_store
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, ORG, OTHER_CLIENT_ID, OTHER_ORG, OTHER_SECRET, Api
 from tests.export.test_export_jobs import JOBS, exported_rows, wait_job
@@ -177,3 +178,17 @@ def test_memberships_survive_a_rebuild(api: Api, world: dict[str, Any], platform
     tenant = Tenant(job["imsOrgId"], job["sandbox"]["sandboxId"], job["sandbox"]["sandboxName"])
     profile_store.rebuild(platform, tenant)
     assert sorted(rows_by_name(api, export(api, world, filter={"segments": [{"segmentId": rich}]}))) == ["Ann", "Cy"]
+
+
+def test_the_worker_checks_segments_against_the_applied_store(api: Api, world: dict[str, Any],
+                                                              platform: Platform) -> None:
+    """At create time pending batches may still hide an ingested audience; the worker asks again after applying
+    them (`unknown_segments`), and fails the job with EXPORT_UNKNOWN_SEGMENT for what is still unknown."""
+    rich = create_segment(api, "Rich", "loyalty.points > 5")
+    job = run_job(api, rich)  # applies the store
+    tenant = Tenant(job["imsOrgId"], job["sandbox"]["sandboxId"], job["sandbox"]["sandboxName"])
+    with platform.engine.connect() as conn:
+        assert export_service.unknown_segments(platform, conn, tenant, ["nope", "gold", rich]) == ["nope"]
+        other = Tenant(tenant.org_id, "other-sandbox-id", "dev")
+        # another sandbox sees neither this one's definitions nor its ingested audiences
+        assert export_service.unknown_segments(platform, conn, other, ["gold", rich]) == ["gold", rich]
