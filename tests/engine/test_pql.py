@@ -618,7 +618,7 @@ def test_timestamp_sql() -> None:
 def test_public_names() -> None:
     assert set(pql.__all__) == {
         "Expression", "PQLError", "PQLSyntaxError", "PQLTypeError", "PQLUnknownField", "PQLUnsupported",
-        "check", "evaluate", "parse", "sql_string", "timestamp_sql", "to_sql",
+        "References", "check", "evaluate", "parse", "references", "sql_string", "timestamp_sql", "to_sql",
     }
     for name in pql.__all__:
         assert getattr(pql, name) is not None
@@ -671,3 +671,22 @@ def test_segments_on_generated_data(tmp_path: pathlib.Path) -> None:
         expected = [evaluate(expr, r, r["xEvent"], now=now, in_segment=lambda s: False) for r in rows]
         assert got == expected, text
         assert 0 < sum(got) < len(got), f"{text}: {sum(got)} of {len(got)} profiles qualify"
+
+
+@pytest.mark.parametrize(("text", "profile", "events", "items"), [
+    ('loyalty.tier = "gold"', {"loyalty"}, False, set()),
+    ('homeAddress.city = "Tokyo" and loyalty.points > 10', {"homeAddress", "loyalty"}, False, set()),
+    ('xEvent[eventType = "commerce.purchases"].count() > 0', set(), True, {"eventType"}),
+    ("xEvent.sum(commerce.order.priceTotal) > 500", set(), True, {"commerce"}),
+    ("exists E from xEvent where E.commerce.order.priceTotal > 200", set(), True, {"commerce"}),
+    ('person.name.firstName = "Ann" and xEvent.count() > 1', {"person"}, True, set()),
+])
+def test_references_name_what_an_expression_reads(text: str, profile: set[str], events: bool, items: set[str]) -> None:
+    """What a segment evaluation may leave out: columns and event fields no expression reads."""
+    structure: Structure = {"loyalty": {"struct": {"tier": "VARCHAR", "points": "BIGINT"}},
+                            "homeAddress": {"struct": {"city": "VARCHAR"}},
+                            "person": {"struct": {"name": {"struct": {"firstName": "VARCHAR"}}}}}
+    event_structure: Structure = {"eventType": "VARCHAR", "timestamp": "TIMESTAMPTZ",
+                                  "commerce": {"struct": {"order": {"struct": {"priceTotal": "DOUBLE"}}}}}
+    found = pql.references(pql.check(pql.parse(text), structure, event_structure))
+    assert found == pql.References(frozenset(profile), events, frozenset(items))

@@ -32,9 +32,10 @@ def empty_membership_sql() -> str:
             "CAST(NULL AS VARCHAR) AS status, CAST(NULL AS TIMESTAMPTZ) AS last_qualification LIMIT 0")
 
 
-def _events_sql(relations: list[str], stored: Structure, wanted: Structure) -> str:
+def _events_sql(relations: list[str], stored: Structure, wanted: Structure, *, with_events: bool = True) -> str:
     """Per group: its events as a list of structs (every field of `stored`, plus `wanted`'s other top-level
-    fields as typed NULLs) and the identities the events name."""
+    fields as typed NULLs; without `with_events`, no list: an empty one is cheaper than one nobody reads)
+    and the identities the events name."""
     if relations:
         union = " UNION ALL BY NAME ".join(f"SELECT * FROM {r}" for r in relations)
     else:
@@ -46,14 +47,17 @@ def _events_sql(relations: list[str], stored: Structure, wanted: Structure) -> s
               for name, node in wanted.items() if name not in stored]
     if not items:
         items = ["__none := CAST(NULL AS INTEGER)"]
-    order = 'e."timestamp", e._ingest_ms' if "timestamp" in stored else "e._ingest_ms"
-    return (f"SELECT e._group, list(struct_pack({', '.join(items)}) ORDER BY {order}) AS \"xEvent\", "
+    listed = f"list(struct_pack({', '.join(items)}))"  # unordered: no supported PQL form reads the order
+    if not with_events:
+        listed = "CAST([] AS STRUCT(__none INTEGER)[])"
+    return (f"SELECT e._group, {listed} AS \"xEvent\", "
             f"list(DISTINCT {{'id': e._identity_id, 'namespace': {{'code': lower(e._identity_ns)}}, "
             f"'primary': true}}) AS __event_identities FROM ({union}) e WHERE e._group IS NOT NULL GROUP BY e._group")
 
 
 def profiles_sql(merged: str | None, merged_columns: Structure, profile_union: Structure,
-                 event_relations: list[str], stored_events: Structure, event_union: Structure) -> str:
+                 event_relations: list[str], stored_events: Structure, event_union: Structure, *,
+                 with_events: bool = True) -> str:
     """See the module doc. `merged` is `merge_sql`'s SELECT (None when there is no record fragment) and
     `merged_columns` its record columns; `profile_union`/`event_union` are what PQL was checked against."""
     if merged is None:
@@ -73,8 +77,8 @@ def profiles_sql(merged: str | None, merged_columns: Structure, profile_union: S
         "coalesce(ev.\"xEvent\", []) AS \"xEvent\"",
         f"coalesce(list_filter({identities}, lambda i: i.\"primary\")[1], {identities}[1]).namespace.code AS __ns",
     ])
-    return (f"WITH m AS ({merged}), ev AS ({_events_sql(event_relations, stored_events, event_union)}) "
-            f"SELECT {select} FROM m FULL OUTER JOIN ev ON m._group = ev._group")
+    events = _events_sql(event_relations, stored_events, event_union, with_events=with_events)
+    return f"WITH m AS ({merged}), ev AS ({events}) SELECT {select} FROM m FULL OUTER JOIN ev ON m._group = ev._group"
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,17 @@ from openprofile.core.tenancy import Tenant
 from openprofile.engine import segments as sql
 from openprofile.engine.export import with_cluster_identities
 from openprofile.engine.merge import merge_sql, merged_structure
-from openprofile.engine.pql import Expression, PQLError, check, parse, sql_string, timestamp_sql, to_sql
+from openprofile.engine.pql import (
+    Expression,
+    PQLError,
+    References,
+    check,
+    parse,
+    references,
+    sql_string,
+    timestamp_sql,
+    to_sql,
+)
 from openprofile.engine.profile_store import connect
 from openprofile.engine.structure import Structure
 from openprofile.profile import memberships as membership
@@ -89,20 +100,55 @@ def _check_running(platform: Platform, job: jobs.SegmentJob) -> None:
         raise Cancelled
 
 
+ALWAYS_MERGED = ("identityMap", "extSourceSystemAudit")
+"""Profile columns a segment evaluation always merges: the identities (`__ns`, `identities`) and the
+custom timestamp that decides which fragment wins."""
+
+
+def _only(structure: Structure, names: frozenset[str] | None, *keep: str) -> Structure:
+    return structure if names is None else {k: v for k, v in structure.items() if k in names or k in keep}
+
+
 def profiles_table(duck: duckdb.DuckDBPyConnection, platform: Platform, snapshot: profile_store.StoreSnapshot,
-                    policy: MergePolicy, unions: tuple[Structure, Structure]) -> int:
-    """Materialise the policy's merged profiles (with `xEvent`) as `__profiles`; returns how many there are."""
+                   policy: MergePolicy, unions: tuple[Structure, Structure], reads: References | None = None) -> int:
+    """Materialise the policy's merged profiles (with `xEvent`) as `__profiles`; returns how many there are.
+
+    With `reads` (what the expressions to evaluate read, `pql.references`), only those profile columns are
+    merged and only those event fields carried in `xEvent` (none, and no event lists, when no expression reads
+    events; their groups still count as profiles): merging and listing what nobody reads was most of the
+    cost."""
     inputs = profile_store.merge_inputs(platform, snapshot, policy)
+    profile_union, event_union = unions
+    stored_events = inputs.event_structure
+    with_events = True
+    if reads is not None:
+        inputs = replace(inputs, sources=[replace(s, structure=_only(s.structure, reads.profile, *ALWAYS_MERGED))
+                                          for s in inputs.sources])
+        profile_union = _only(profile_union, reads.profile)
+        stored_events = _only(stored_events, reads.item_fields, "timestamp")
+        event_union = _only(event_union, reads.item_fields, "timestamp")
+        with_events = reads.events
     merged: str | None = None
     if inputs.sources:
         merged = merge_sql(inputs.sources, inputs.rule)
         if inputs.members is not None:
             merged = with_cluster_identities(merged, inputs.members)
-    select = sql.profiles_sql(merged, merged_structure(inputs.sources) if inputs.sources else {}, unions[0],
-                              inputs.events, inputs.event_structure, unions[1])
+    select = sql.profiles_sql(merged, merged_structure(inputs.sources) if inputs.sources else {}, profile_union,
+                              inputs.events, stored_events, event_union, with_events=with_events)
     duck.execute(f"CREATE OR REPLACE TEMP TABLE __profiles AS {select}")
     row = duck.execute("SELECT count(*) FROM __profiles").fetchone()
     return int(row[0]) if row else 0
+
+
+def _reads(expressions: list[Expression]) -> References:
+    """What a set of expressions reads together."""
+    found = [references(e) for e in expressions]
+    profile: frozenset[str] | None = frozenset()
+    items: frozenset[str] | None = frozenset()
+    for r in found:
+        profile = None if profile is None or r.profile is None else profile | r.profile
+        items = None if items is None or r.item_fields is None else items | r.item_fields
+    return References(profile, any(r.events for r in found), items)
 
 
 def _evaluate_policy(duck: duckdb.DuckDBPyConnection, platform: Platform, job: jobs.SegmentJob,
@@ -177,7 +223,8 @@ def _execute(platform: Platform, job: jobs.SegmentJob) -> tuple[dict[str, Any], 
     try:
         for key, segments in groups.items():
             policy = policies[key]
-            count = profiles_table(duck, platform, snapshot, policy, unions)
+            reads = _reads([compiled[s["segmentId"]] for s in segments])
+            count = profiles_table(duck, platform, snapshot, policy, unions, reads)
             metrics["totalProfilesByMergePolicy"][policy.id] = count
             metrics["totalProfiles"] = max(metrics["totalProfiles"], count)
             written.append(_evaluate_policy(duck, platform, job, policy, segments, compiled, now_sql, metrics))

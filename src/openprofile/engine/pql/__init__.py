@@ -123,6 +123,7 @@ times outside the years 1-9999; integers beyond ±2^53 compared with doubles.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -130,7 +131,7 @@ from typing import Any
 
 from openprofile.engine.structure import Structure, check_structure
 
-from .ast import Call, Literal, Node, PType, from_type_node
+from .ast import Call, Events, Field, Literal, Node, PType, Root, Var, from_type_node
 from .check import Checker, iter_nodes
 from .compile import Compiler, sql_string, timestamp_sql
 from .errors import PQLError, PQLSyntaxError, PQLTypeError, PQLUnknownField, PQLUnsupported
@@ -147,6 +148,7 @@ __all__ = [
     "check",
     "evaluate",
     "parse",
+    "references",
     "sql_string",
     "timestamp_sql",
     "to_sql",
@@ -224,3 +226,43 @@ def evaluate(expr: Expression, profile: Mapping[str, Any], events: list[dict[str
         now = now.astimezone(dt.UTC).replace(tzinfo=None)
     return Interpreter(profile, events, now, in_segment).run(expr.node)
 
+
+
+@dataclass(frozen=True)
+class References:
+    """What a checked expression reads, so that an evaluation can leave the rest out: the profile's top-level
+    columns (None: all of them), whether it reads ``xEvent``, and the top-level fields it reads of list items
+    (None: whole items) — a superset of the event fields it reads."""
+
+    profile: frozenset[str] | None
+    events: bool
+    item_fields: frozenset[str] | None
+
+
+def references(expr: Expression) -> References:
+    """`References` of a checked expression: every ``Field`` of the profile row or of a bound list item names
+    what is read; a profile row or an item used whole (not through a field) means everything."""
+    _need_checked(expr)
+    profile: set[str] | None = set()
+    items: set[str] | None = set()
+    events = False
+    for node in iter_nodes(expr.node):
+        if isinstance(node, Events):
+            events = True
+        for f in dataclasses.fields(node):
+            if f.name == "var":  # a binder declares its variable; it does not read it
+                continue
+            children = getattr(node, f.name)
+            for child in children if isinstance(children, tuple) else (children,):
+                if isinstance(child, Root):
+                    if isinstance(node, Field) and profile is not None:
+                        profile.add(node.name)
+                    elif not isinstance(node, Field):
+                        profile = None
+                elif isinstance(child, Var):
+                    if isinstance(node, Field) and items is not None:
+                        items.add(node.name)
+                    elif not isinstance(node, Field):
+                        items = None
+    return References(None if profile is None else frozenset(profile), events,
+                      None if items is None else frozenset(items))
