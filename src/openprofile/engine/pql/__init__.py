@@ -145,6 +145,7 @@ __all__ = [
     "PQLTypeError",
     "PQLUnknownField",
     "PQLUnsupported",
+    "References",
     "check",
     "evaluate",
     "parse",
