@@ -48,6 +48,19 @@ class Handler:
     max_attempts: int = 3
 
 
+class JobCancelled(Exception):
+    """The job was cancelled (or deleted) while it ran: its worker stops and publishes nothing."""
+
+
+class JobFailed(Exception):
+    """The job cannot finish: it fails with `code` and `message` (AEP's `errors[{code, msg}]`)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 def enqueue(conn: Connection, kind: str, tenant: Tenant, ref: str, payload: dict[str, Any]) -> int:
     """Queue a job inside the caller's transaction, so it exists exactly when the caller's change does."""
     now = now_ms()

@@ -21,7 +21,7 @@ from openprofile.catalog import service as catalog
 from openprofile.core.clock import now_ms
 from openprofile.core.errors import NotFound
 from openprofile.core.platform import Platform
-from openprofile.core.queue import ClaimedJob, Handler
+from openprofile.core.queue import ClaimedJob, Handler, JobCancelled, JobFailed
 from openprofile.engine.export import (
     EventPlan,
     ExportPlan,
@@ -51,15 +51,6 @@ and aggregates spill to the data directory's `tmp/duckdb`. Arrow batches on thei
 come on top."""
 
 
-class Cancelled(Exception):
-    """The job was cancelled while it ran."""
-
-
-class ExportError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def _ms(value: str | None) -> int | None:
@@ -135,9 +126,9 @@ def run(platform: Platform, claimed: ClaimedJob) -> None:
     try:
         written = _execute(platform, job)
         _publish(platform, job, written)
-    except Cancelled:
+    except JobCancelled:
         _settle_cancel(platform, _reload(platform, job))
-    except ExportError as error:
+    except JobFailed as error:
         _fail(platform, job, error.code, error.message, "")
     except (duckdb.Error, OSError) as error:
         code = "EXPORT_WRITE_FAILED" if isinstance(error, OSError) else "EXPORT_QUERY_FAILED"
@@ -186,10 +177,10 @@ def _evaluate_segments(platform: Platform, job: jobs.ExportJob) -> None:
         stop.set()
         watcher.join()
     if evaluation.status == segment_jobs.CANCELLED:
-        raise Cancelled
+        raise JobCancelled
     if evaluation.status != segment_jobs.SUCCEEDED:
         reason = "; ".join(str(e.get("msg")) for e in evaluation.errors) or evaluation.status
-        raise ExportError("EXPORT_SEGMENTATION_FAILED",
+        raise JobFailed("EXPORT_SEGMENTATION_FAILED",
                           f"Evaluating the segments (segment job {evaluation.id}) failed: {reason}")
 
 
@@ -203,7 +194,7 @@ def _execute(platform: Platform, job: jobs.ExportJob) -> dict[str, tuple[Written
     with platform.engine.connect() as conn:
         unknown = export_service.unknown_segments(platform, conn, job.tenant, listed)
     if unknown:
-        raise ExportError("EXPORT_UNKNOWN_SEGMENT", f"Segment '{unknown[0]}' is neither a segment definition of this "
+        raise JobFailed("EXPORT_UNKNOWN_SEGMENT", f"Segment '{unknown[0]}' is neither a segment definition of this "
                           "sandbox nor an audience of the ingested segmentMembership data.")
     _evaluate_segments(platform, job)
     plan = build_plan(platform, snapshot, policy, job.request)
@@ -224,7 +215,7 @@ def _execute(platform: Platform, job: jobs.ExportJob) -> dict[str, tuple[Written
             targets = [(job.destination["batchId"], None)]
         for batch_id, segment in targets:
             if not plan.sources and plan.events is None:
-                raise ExportError("EXPORT_NO_DATA", "No profile-enabled dataset has data for this merge policy yet.")
+                raise JobFailed("EXPORT_NO_DATA", "No profile-enabled dataset has data for this merge policy yet.")
             staged = platform.lake.staging_dir(batch_id)
             scratch = platform.settings.data_dir / "tmp" / f"export-{job.id}-{len(progress)}"
             shutil.rmtree(scratch, ignore_errors=True)  # a re-run after a crash starts afresh
@@ -233,17 +224,17 @@ def _execute(platform: Platform, job: jobs.ExportJob) -> dict[str, tuple[Written
             results[batch_id] = (write_parquet(duck, query, staged, rows_per_file=platform.settings.rows_per_file,
                                                result=progress[-1]), staged)
     except duckdb.InterruptException:
-        raise Cancelled from None
+        raise JobCancelled from None
     except duckdb.Error:
         if cancelled.is_set():
-            raise Cancelled from None
+            raise JobCancelled from None
         raise
     finally:
         stop.set()
         watcher.join()
         duck.close()
     if cancelled.is_set():
-        raise Cancelled
+        raise JobCancelled
     return results
 
 
@@ -257,7 +248,7 @@ def _publish(platform: Platform, job: jobs.ExportJob, written: dict[str, tuple[W
             try:
                 destination = catalog.get_dataset(conn, tenant, dataset_id, lock=True)
             except NotFound:
-                raise ExportError("EXPORT_DESTINATION_DELETED",
+                raise JobFailed("EXPORT_DESTINATION_DELETED",
                                   f"The destination dataset '{dataset_id}' was deleted while the job ran.") from None
             structure = destination.structure
             total, query_ms, write_ms = 0, 0.0, 0.0
@@ -273,7 +264,7 @@ def _publish(platform: Platform, job: jobs.ExportJob, written: dict[str, tuple[W
                            "outputByteSize": sum(f[1] for f in result.files), "partitionCount": len(result.files)}
                 if not catalog.set_batch_status(conn, tenant, batch_id, expected=("staging",), status="success",
                                                 metrics=batch_metrics, errors=[], started_ms=started):
-                    raise Cancelled
+                    raise JobCancelled
                 if result.schema is not None:
                     structure = merge_structures(structure, from_arrow_schema(result.schema))
                 total += result.rows
@@ -296,8 +287,8 @@ def _publish(platform: Platform, job: jobs.ExportJob, written: dict[str, tuple[W
             current = jobs.get(conn, tenant, job.id)
             if current.status != jobs.PROCESSING or not jobs.transition(conn, current, jobs.SUCCEEDED,
                                                                        metrics=metrics):
-                raise Cancelled
-    except (Cancelled, ExportError):
+                raise JobCancelled
+    except (JobCancelled, JobFailed):
         for batch_id in published:
             platform.lake.remove_batch(tenant, dataset_id, batch_id)
         raise

@@ -25,7 +25,7 @@ from openprofile.core.clock import now_ms
 from openprofile.core.errors import NotFound
 from openprofile.core.locks import named_lock
 from openprofile.core.platform import Platform
-from openprofile.core.queue import ClaimedJob, Handler
+from openprofile.core.queue import ClaimedJob, Handler, JobCancelled, JobFailed
 from openprofile.core.tenancy import Tenant
 from openprofile.engine import segments as sql
 from openprofile.engine.export import with_cluster_identities
@@ -51,15 +51,6 @@ from openprofile.segmentation import definitions, jobs
 log = logging.getLogger(__name__)
 
 
-class Cancelled(Exception):
-    """The job was cancelled (or deleted) while it ran."""
-
-
-class SegmentError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def _metric(start: int, end: int) -> dict[str, int]:
@@ -95,9 +86,9 @@ def _check_running(platform: Platform, job: jobs.SegmentJob) -> None:
         try:
             current = jobs.get(conn, job.tenant, job.id)
         except NotFound:
-            raise Cancelled from None
+            raise JobCancelled from None
     if current.status != jobs.PROCESSING:
-        raise Cancelled
+        raise JobCancelled
 
 
 ALWAYS_MERGED = ("identityMap", "extSourceSystemAudit")
@@ -210,7 +201,7 @@ def _execute(platform: Platform, job: jobs.SegmentJob) -> tuple[dict[str, Any], 
             try:
                 compiled[segment["segmentId"]] = check(parse(text), *unions)
             except PQLError as error:
-                raise SegmentError("SEGMENT_EXPRESSION_INVALID",
+                raise JobFailed("SEGMENT_EXPRESSION_INVALID",
                                    f"Segment '{segment['segmentId']}' no longer compiles: {error.message}") from None
             ref = segment["segment"]["mergePolicy"]
             groups.setdefault((str(ref["id"]), int(ref["version"])), []).append(segment)
@@ -285,11 +276,11 @@ def _run_processing(platform: Platform, job: jobs.SegmentJob) -> None:
         try:
             metrics, written = _execute(platform, job)
             _succeed(platform, job, metrics, written)
-        except Cancelled:
+        except JobCancelled:
             for path in written:
                 membership.discard(path)
             _settle_cancel(platform, job)
-        except SegmentError as error:
+        except JobFailed as error:
             _fail(platform, job, error.code, error.message)
         except (duckdb.Error, OSError) as error:
             _fail(platform, job, "SEGMENT_EVALUATION_FAILED", f"The evaluation stopped: {error}")
@@ -308,11 +299,11 @@ def _succeed(platform: Platform, job: jobs.SegmentJob, metrics: dict[str, Any], 
         try:
             current = jobs.get(conn, job.tenant, job.id)
         except NotFound:
-            raise Cancelled from None
+            raise JobCancelled from None
         finished = now_ms()
         metrics = {**metrics, "totalTime": _metric(current.created_ms, finished)}
         if current.status != jobs.PROCESSING or not jobs.transition(conn, current, jobs.SUCCEEDED, metrics=metrics):
-            raise Cancelled
+            raise JobCancelled
         for path in written:  # inside the transaction: a failure here rolls the job back to PROCESSING
             membership.publish(path)
 
