@@ -137,11 +137,22 @@ def run_pandas(spec: Spec, task: str, out: Path) -> tuple[int, Callable[[], None
             table = table.flatten()
         return table
 
-    def identity_items(column: pa.ChunkedArray, first_row: int) -> pd.DataFrame:
-        """One row per identityMap item: row, ns (as written), id, primary, authenticatedState."""
+    def item_counts(column: pa.ChunkedArray) -> Any:
+        """The number of identityMap items of each row."""
         idm = pa.concat_arrays(column.chunks) if column.num_chunks != 1 else column.chunk(0)
         offsets = idm.offsets.to_numpy()
         entry_row = np.repeat(np.arange(len(idm)), np.diff(offsets))
+        lengths = pc.list_value_length(idm.items.slice(offsets[0], offsets[-1] - offsets[0])).fill_null(0)
+        return np.bincount(entry_row, weights=lengths.to_numpy(), minlength=len(idm))
+
+    def identity_items(column: pa.ChunkedArray, first_row: int, rows: Any = None) -> pd.DataFrame:
+        """One row per identityMap item: row (`first_row` + the row's position, or + `rows[position]`), ns (as
+        written), id, primary, authenticatedState."""
+        idm = pa.concat_arrays(column.chunks) if column.num_chunks != 1 else column.chunk(0)
+        offsets = idm.offsets.to_numpy()
+        entry_row = np.repeat(np.arange(len(idm)), np.diff(offsets))
+        if rows is not None:
+            entry_row = rows[entry_row]
         keys = idm.keys.slice(offsets[0], offsets[-1] - offsets[0])
         lists = idm.items.slice(offsets[0], offsets[-1] - offsets[0])
         item_entry = pc.list_parent_indices(lists).to_numpy()
@@ -189,10 +200,13 @@ def run_pandas(spec: Spec, task: str, out: Path) -> tuple[int, Callable[[], None
         row += n
     fragments = pd.concat(leaves, ignore_index=True)
     record_items = pd.concat(items, ignore_index=True)
+    # Events link identities only when they carry two or more: the others add nothing to the graph (an identity
+    # seen only alone is a cluster of its own, which has no record fragment).
     event_frames, event_rows = [], 0
     for source in spec.events:  # events are numbered after the records, in source order
         column = pq.read_table(source.files, columns=["identityMap"]).column("identityMap")
-        event_frames.append(identity_items(column, row + event_rows))
+        linking = np.flatnonzero(item_counts(column) >= 2)
+        event_frames.append(identity_items(column.take(pa.array(linking)), row + event_rows, linking))
         event_rows += len(column)
     event_items = pd.concat(event_frames or [record_items.iloc[:0]], ignore_index=True)
 
@@ -289,20 +303,30 @@ def run_pandas(spec: Spec, task: str, out: Path) -> tuple[int, Callable[[], None
     columns["identities"] = lists(members, {"ns": "nslower", "id": "id", "primary": "primary"})
     if task == "events":
         events = pa.concat_tables([pq.read_table(s.files) for s in spec.events], promote_options="default")
-        event_nodes = event_items.assign(node=codes[len(record_items):])
-        event_nodes = event_nodes.assign(notprimary=~event_nodes["primary"].fillna(False).astype(bool),
-                                         nslower=event_nodes["ns"].str.lower()).sort_values(
-            ["row", "notprimary", "nslower", "id"]).drop_duplicates("row")
+        # Each event belongs to the cluster of its primary identity (marked primary, else the first by namespace
+        # then id); events whose primary identity is in no profile's cluster are left out.
+        every = identity_items(events.column("identityMap"), row)
+        marked = every["primary"].fillna(False).astype(bool)
+        primary_rows = every[marked].drop_duplicates("row")
+        unmarked = every[~every["row"].isin(primary_rows["row"])]
+        unmarked = unmarked.assign(nslower=unmarked["ns"].str.lower()).sort_values(["row", "nslower", "id"])
+        event_primary = pd.concat([primary_rows, unmarked.drop_duplicates("row")], ignore_index=True)
+        node = pd.Index(uniques).get_indexer(event_primary["ns"].str.lower() + ":" + event_primary["id"])
+        event_primary = event_primary.assign(node=node)[node >= 0]
+        del every, marked, primary_rows, unmarked
         placed = pd.DataFrame({"row": np.arange(events.num_rows) + row,
                                "_id": events.column("_id").to_pandas(types_mapper=arrow),
                                "timestamp": events.column("timestamp").to_pandas(types_mapper=arrow)})
-        placed = placed.merge(event_nodes[["row", "node"]], on="row").drop_duplicates("_id")
+        placed = placed.merge(event_primary[["row", "node"]], on="row").drop_duplicates("_id")
         placed["_cluster"] = label[placed["node"].to_numpy()]
         placed = placed[np.isin(placed["_cluster"].to_numpy(), clusters)].sort_values(
             ["_cluster", "timestamp", "_id"])
         counts = placed.groupby("_cluster").size().reindex(clusters, fill_value=0).to_numpy()
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        values = events.take(pa.array(placed["row"].to_numpy() - row)).to_struct_array().combine_chunks()
+        taken = events.take(pa.array(placed["row"].to_numpy() - row))
+        del events
+        values = taken.to_struct_array().combine_chunks()
+        del taken
         columns["timeSeriesEvents"] = pa.LargeListArray.from_arrays(pa.array(offsets), values,
                                                                     mask=pa.array(counts == 0))
     table = pa.table(columns).filter(pa.array(keep))
@@ -374,13 +398,13 @@ def run_spark(spark: Any, spec: Spec, task: str, out: Path) -> tuple[int, Callab
     event_ids = read(spec.events, ["identityMap"]) if spec.events else None
 
     # The identity graph: star links from each row's smallest identity, then min-label propagation.
-    def links(frame: DataFrame) -> DataFrame:
-        keyed = frame.select(identity_keys().alias("k")).where(F.size("k") > 0)
+    def links(frame: DataFrame, least: int) -> DataFrame:
+        keyed = frame.select(identity_keys().alias("k")).where(F.size("k") >= least)
         return keyed.select(F.array_min("k").alias("a"), F.explode("k").alias("b"))
 
-    edges = links(records)
-    if event_ids is not None:
-        edges = edges.unionByName(links(event_ids))
+    edges = links(records, 1)
+    if event_ids is not None:  # an event with one identity links nothing (alone, it is a cluster without records)
+        edges = edges.unionByName(links(event_ids, 2))
     edges = edges.distinct().localCheckpoint()
     labels = edges.select(F.col("b").alias("node")).union(edges.select(F.col("a").alias("node"))).distinct() \
         .withColumn("label", F.col("node")).localCheckpoint()

@@ -198,22 +198,23 @@ def segment_expectations(profile_files: list[str], clusters: str, event_files: l
     """Expected `segmentedProfileCounter` per segment name, and the number of profiles segmentation sees.
 
     Profiles are the export's merged rows (keyed by `_key`) plus every cluster that has only events; a
-    profile's event figures come from the event files joined to `clusters` (node → `_key`, a peer's identity
-    graph) on each event's primary identity."""
+    profile's event figures come from the event files joined to `clusters` (node → `_key`, size: a peer's
+    identity graph) on each event's primary identity."""
     conn = duckdb.connect()
     conn.execute(f"CREATE TEMP VIEW p AS SELECT *, {KEY_SQL} AS _key FROM read_parquet({_files(profile_files)})")
-    conn.execute(f"CREATE TEMP VIEW c AS SELECT node, _key FROM read_parquet({_quote(clusters)}) "
-                 f"WHERE size <= {int(max_cluster_size)}")
+    conn.execute(f"CREATE TEMP VIEW c AS SELECT node, _key, size FROM read_parquet({_quote(clusters)})")
     primary = ("list_sort(list_filter(flatten(list_transform(map_entries(identityMap), lambda e: list_transform("
                "e.value, lambda i: {'np': NOT coalesce(i.\"primary\", false), 'ns': lower(e.key), 'id': i.id}))), "
                "lambda x: coalesce(x.id, '') <> ''))[1]")
     stats = ["count(*) AS n"]  # event_sql: an aggregate over a profile's events
     stats += [f"({s['event_sql']}) AS e{n}" for n, s in enumerate(segments) if s.get("event_sql")]
+    # An event's primary identity absent from the graph (seen only alone) is a cluster of its own.
     conn.execute(f"""CREATE TEMP TABLE ev AS
-        SELECT c._key, {', '.join(stats)}
-        FROM (SELECT *, {primary} AS __p FROM read_parquet({_files(event_files)})) e
-        JOIN c ON c.node = e.__p.ns || ':' || e.__p.id
-        GROUP BY c._key""")
+        SELECT coalesce(c._key, e.__node) AS _key, {', '.join(stats)}
+        FROM (SELECT *, {primary}.ns || ':' || {primary}.id AS __node FROM read_parquet({_files(event_files)})) e
+        LEFT JOIN c ON c.node = e.__node
+        WHERE coalesce(c.size, 1) <= {int(max_cluster_size)}
+        GROUP BY ALL""")
     conn.execute("CREATE TEMP TABLE everyone AS SELECT _key FROM p UNION SELECT _key FROM ev")
     counts: dict[str, int] = {}
     for number, segment in enumerate(segments):
