@@ -212,8 +212,11 @@ def checks_table(runs: list[dict[str, Any]]) -> list[str]:
                 s = c.get(f"{peer}_sample")
                 return f"{s['checked'] - s['wrong']} / {s['checked']} equal" if s else "-"
 
+            def count(peer: str, c: dict[str, Any] = c) -> str:
+                return f"{c[f'{peer}_rows']:,}" if f"{peer}_rows" in c else "-"
+
             lines.append(f"| {_scale(run['scale'])} | {TASK_NAMES[task]} | {c['export_rows']:,} / "
-                         f"{c['parquet_rows']:,} | {c.get('pandas_rows', '-')} | {c.get('spark_rows', '-')} | "
+                         f"{c['parquet_rows']:,} | {count('pandas')} | {count('spark')} | "
                          f"{sample('pandas')} | {sample('spark')} |")
     return lines
 
@@ -268,7 +271,8 @@ def write(results_dir: Path, report_path: Path, plot_path: Path | None) -> None:
             "server's is in the JSON). Peers run in their own process after the server stopped; their wall time is "
             "the work alone (Spark's session start is excluded and in the JSON), CPU and peak RSS their process's "
             "(Spark: the Python driver plus the JVM). x floor: wall time over the floor's; x openprofile: the "
-            "peer's wall time over openprofile's (above 1: openprofile is faster).", "",
+            "peer's wall time over openprofile's (above 1: openprofile is faster). The floor's rows are the records "
+            "it copies (fragments, and events for the event list), the others' the profiles they write.", "",
             *export_table(runs), "", "## How cost grows", "", *growth_table(runs), "",
             "## Ingestion (batch-ingestion API → lake → profile store)", "", *ingest_table(runs), "",
             "## Segment evaluation (one segment job)", "", *segment_table(runs), "",
