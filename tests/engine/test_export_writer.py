@@ -26,8 +26,9 @@ from openprofile.engine.structure import Structure, TypeNode
 
 PROFILES = ("SELECT x, __ns FROM (VALUES ('a', 'email'), ('b', 'crmid'), ('c', 'email'), ('d', 'email'), "
             "('e', 'crmid')) t(x, __ns) ORDER BY x")
-EVENTS = ("SELECT pos AS __pos, {'id': id, 'n': n} AS __event FROM (VALUES (1, 'e1', 1), (1, 'e2', 2), (3, 'e3', 3), "
-          "(4, 'e4', 4), (4, 'e5', 5), (4, 'e6', 6)) t(pos, id, n) ORDER BY pos, id")
+# Events come in no order: the writer orders them by every column but `__event` (position, then `__t`).
+EVENTS = ("SELECT pos AS __pos, n AS __t, {'id': id, 'n': n} AS __event FROM (VALUES (4, 'e6', 6), (1, 'e2', 2), "
+          "(3, 'e3', 3), (4, 'e4', 4), (1, 'e1', 1), (4, 'e5', 5)) t(pos, id, n)")
 
 
 def rows(out: Path, written: WrittenBatch) -> list[dict[str, Any]]:
@@ -39,12 +40,16 @@ def conn() -> duckdb.DuckDBPyConnection:
     return duckdb.connect()
 
 
+@pytest.mark.parametrize("bucket_rows", [1, 3, 1000])
 @pytest.mark.parametrize("batch_rows", [1, 2, 3, 100])
 def test_events_attach_to_their_profile_rows(conn: duckdb.DuckDBPyConnection, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch, batch_rows: int) -> None:
-    # Small batches on both streams: a profile batch's events end in the middle of an event batch, or later.
+                                             monkeypatch: pytest.MonkeyPatch, batch_rows: int,
+                                             bucket_rows: int) -> None:
+    # Small batches on both streams: a profile batch's events end in the middle of an event batch, or later;
+    # small buckets: a profile batch's events span several sorted buckets.
     monkeypatch.setattr(export, "BATCH_ROWS", batch_rows)
     monkeypatch.setattr(export, "EVENT_BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(export, "EVENT_BUCKET_ROWS", bucket_rows)
     written = write_parquet(conn, ExportPart(PROFILES, EVENTS), tmp_path, rows_per_file=1000)
     got = {r["x"]: r["timeSeriesEvents"] for r in rows(tmp_path, written)}
     assert got == {

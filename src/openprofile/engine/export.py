@@ -16,6 +16,7 @@ profile with only events (`emptyProfiles: true`) carries the identities its even
 from __future__ import annotations
 
 import shutil
+import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -167,11 +168,10 @@ def _events_projected(events: EventPlan) -> str:
 
 
 def _events_select(projected: str, rows: str) -> str:
-    """The exported rows' events, one row each — `__pos`, the position of its profile in `rows` by `__group`,
-    and `__event` — ordered by (`__pos`, event time)."""
+    """The exported rows' events, one row each, in no order: `__pos`, the position of its profile in `rows` by
+    `__group`, the sort keys `__t` (event time) and `_xid`, and `__event`. `_EventLists` orders them."""
     return (f"WITH __g AS (SELECT __group, row_number() OVER (ORDER BY __group) AS __pos FROM {rows}) "
-            f"SELECT g.__pos, e.__event FROM {projected} e JOIN __g g ON g.__group = e._group "
-            f"ORDER BY g.__pos, e.__t, e._xid")
+            f"SELECT g.__pos, e.__t, e._xid, e.__event FROM {projected} e JOIN __g g ON g.__group = e._group")
 
 
 def members_relation(members: Path) -> str:
@@ -292,7 +292,7 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
         return ExportQuery(tuple(ExportPart(f"SELECT {', '.join([*projection, namespace])} FROM ({merged(*part)}) m "
                                             f"{where}", slice=k if slices > 1 else None)
                                  for k, part in enumerate(parts)),
-                           tuple(partitions), slices, scratch if partitions else None)
+                           tuple(partitions), slices, scratch)
     # Aggregating every profile's events into a list in SQL is the costliest step by far (DuckDB's list()
     # over wide nested structs); instead the profile rows are kept (merged slice by slice), and their events
     # streamed in the same order, sorted once, to be cut into lists on the Arrow side.
@@ -317,7 +317,7 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
         (*fill, ExportPart(profiles=f"SELECT * EXCLUDE (__group) FROM {table} ORDER BY __group",
                            events=_events_select(_events_projected(plan.events), table),
                            cleanup=(f"DROP TABLE IF EXISTS {table}",))),
-        tuple(partitions), slices, scratch if partitions else None,
+        tuple(partitions), slices, scratch,
     )
 
 
@@ -372,16 +372,70 @@ class WrittenBatch:
     cursors: list[duckdb.DuckDBPyConnection] = field(default_factory=list)  # also running this batch's queries
 
 
-class _EventLists:
-    """Cuts the position-ordered event stream into each profile row's `timeSeriesEvents` (NULL when none)."""
+EVENT_BUCKET_ROWS = 32_768
+"""Profile rows whose events are sorted together (`_EventLists`): memory holds one bucket's events."""
 
-    def __init__(self, reader: pa.RecordBatchReader) -> None:
+
+class _EventLists:
+    """Cuts the event stream into each profile row's `timeSeriesEvents` (NULL when none).
+
+    The stream comes in no order (sorting 10M wide nested events in DuckDB cost more than the rest of the
+    export): it is first spread, by profile position, over buckets of `EVENT_BUCKET_ROWS` rows in Arrow IPC
+    files under `scratch`; then the buckets are read back in order, each sorted on the Arrow side by every
+    column but `__event` (`__pos` first, then event time and `_xid` when the stream has them)."""
+
+    def __init__(self, reader: pa.RecordBatchReader, scratch: Path) -> None:
         self.reader = reader
+        self.scratch = scratch
+        self.schema = reader.schema
         event_type = reader.schema.field("__event").type
         self.type = pa.list_(pa.field("l", event_type))
+        self.keys = [(name, "ascending") for name in reader.schema.names if name != "__event"]
+        self.buckets: list[int] | None = None
         self.positions: list[npt.NDArray[np.int64]] = []
         self.values: list[pa.Array] = []
-        self.done = False
+
+    def _spread(self) -> list[int]:
+        """Write the stream into bucket files; returns the bucket numbers, in order."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        writers: dict[int, ipc.RecordBatchFileWriter] = {}
+        options = ipc.IpcWriteOptions(compression="lz4")
+        try:
+            for batch in self.reader:
+                if not batch.num_rows:
+                    continue
+                bucket_of = (batch.column(0).to_numpy() - 1) // EVENT_BUCKET_ROWS
+                order = np.argsort(bucket_of, kind="stable")
+                ordered = bucket_of[order]
+                rows = batch.take(pa.array(order))
+                starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+                ends = np.r_[starts[1:], len(ordered)]
+                for start, end in zip(starts, ends, strict=True):
+                    bucket = int(ordered[start])
+                    if bucket not in writers:
+                        writers[bucket] = ipc.new_file(self.scratch / f"events-{bucket}.arrow", self.schema,
+                                                       options=options)
+                    writers[bucket].write_batch(rows.slice(int(start), int(end - start)))
+        finally:
+            for writer in writers.values():
+                writer.close()
+        return sorted(writers)
+
+    def _load_next(self) -> bool:
+        """Append the next bucket's events, sorted; False when there is none left."""
+        if self.buckets is None:
+            self.buckets = self._spread()
+        if not self.buckets:
+            return False
+        path = self.scratch / f"events-{self.buckets.pop(0)}.arrow"
+        with pa.memory_map(str(path)) as source:
+            table = ipc.open_file(source).read_all()
+        table = table.take(pc.sort_indices(table, sort_keys=self.keys)).combine_chunks()
+        path.unlink()
+        self.positions.append(table.column(0).to_numpy())
+        self.values.append(table.column("__event").chunk(0) if table.column("__event").num_chunks
+                           else pa.array([], self.type.value_type))
+        return True
 
     def _buffered_last(self) -> int:
         return int(self.positions[-1][-1]) if self.positions and len(self.positions[-1]) else -1
@@ -389,15 +443,8 @@ class _EventLists:
     def lists(self, first: int, count: int) -> pa.Array:
         """The lists of the rows at positions first .. first + count - 1 (the rows before were asked already)."""
         last = first + count - 1
-        while not self.done and self._buffered_last() <= last:
-            try:
-                batch = self.reader.read_next_batch()
-            except StopIteration:
-                self.done = True
-                break
-            if batch.num_rows:
-                self.positions.append(batch.column(0).to_numpy())
-                self.values.append(batch.column(1))
+        while self._buffered_last() <= last and self._load_next():
+            pass
         positions = np.concatenate(self.positions) if self.positions else np.empty(0, np.int64)
         values = pa.concat_arrays(self.values) if self.values else pa.array([], self.type.value_type)
         cut = int(np.searchsorted(positions, last, side="right"))
@@ -421,6 +468,7 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
     out_dir.mkdir(parents=True, exist_ok=True)
     result = result if result is not None else WrittenBatch()
     whole = query
+    scratch = query.scratch if query.scratch is not None else Path(tempfile.mkdtemp(prefix="openprofile-export-"))
 
     def streams() -> Generator[tuple[pa.RecordBatchReader, _EventLists | None], None, None]:
         for part in whole.parts:
@@ -439,7 +487,7 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
                         profiles_conn = conn.cursor()
                         result.cursors.append(profiles_conn)
                         readers.append(conn.sql(part.events).to_arrow_reader(BATCH_ROWS))
-                        events = _EventLists(readers[-1])
+                        events = _EventLists(readers[-1], scratch / f"events-{len(readers)}")
                     readers.append(profiles_conn.sql(part.profiles).to_arrow_reader(
                         BATCH_ROWS if part.events is None else EVENT_BATCH_ROWS))
                     yield readers[-1], events
@@ -464,8 +512,7 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
         finally:
             parts.close()
     finally:
-        if whole.scratch is not None:
-            shutil.rmtree(whole.scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return result
 
 
