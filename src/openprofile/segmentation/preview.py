@@ -54,7 +54,7 @@ from openprofile.profile import store as profile_store
 from openprofile.profile.access import jsonable
 from openprofile.profile.policies import MergePolicy, resolve_merge_policy
 from openprofile.segmentation import definitions
-from openprofile.segmentation.runner import profiles_table, quote_path
+from openprofile.segmentation.runner import EVALUATION_MEMORY_LIMIT, profiles_table, quote_path
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,8 @@ def evaluate(platform: Platform, preview: Preview) -> dict[str, Any]:
             policy: MergePolicy = resolve_merge_policy(conn, tenant, str(ref["id"]), int(ref["version"]))
         except NotFound as error:
             raise PreviewFailed(error.detail) from None
-    duck = connect(platform.settings.engine_threads, None, platform.settings.data_dir / "tmp" / "duckdb")
+    duck = connect(platform.settings.engine_threads, EVALUATION_MEMORY_LIMIT,
+                   platform.settings.data_dir / "tmp" / "duckdb")
     try:
         total = profiles_table(duck, platform, snapshot, policy, unions)
         if expression.segment_refs:

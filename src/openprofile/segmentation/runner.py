@@ -50,6 +50,10 @@ from openprofile.segmentation import definitions, jobs
 
 log = logging.getLogger(__name__)
 
+EVALUATION_MEMORY_LIMIT = "3GB"
+"""DuckDB's memory limit for one evaluation (segment job or preview): past it, the merged profiles table and
+the joins spill to the data directory's `tmp/duckdb` instead of growing with the store."""
+
 
 
 
@@ -210,7 +214,8 @@ def _execute(platform: Platform, job: jobs.SegmentJob) -> tuple[dict[str, Any], 
                                "segmentedProfileByNamespaceCounter": {}, "segmentedProfileByStatusCounter": {},
                                "totalProfilesByMergePolicy": {}}
     written: list[Path] = []
-    duck = connect(platform.settings.engine_threads, None, platform.settings.data_dir / "tmp" / "duckdb")
+    duck = connect(platform.settings.engine_threads, EVALUATION_MEMORY_LIMIT,
+                   platform.settings.data_dir / "tmp" / "duckdb")
     try:
         for key, segments in groups.items():
             policy = policies[key]
