@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -204,3 +206,36 @@ def install_error_handlers(app: FastAPI) -> None:
             request_id_of(request),
             PlatformError("The server could not complete the request; it has been logged with this requestId."),
         )
+
+
+def int_param(name: str, raw: str | None, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter (`limit`, `start`, `page`, `offset`): `default` when absent, else a 400
+    naming it when it is not a whole number or lies outside [low, high]."""
+    if raw is None or raw == "":
+        return default
+    text = raw.strip()
+    if not re.fullmatch(r"-?\d{1,18}", text):
+        raise ValidationFailed(f"{name} '{raw}' is not a whole number", fields=[FieldError(name, "a whole number")])
+    value = int(text)
+    if not low <= value <= high:
+        raise ValidationFailed(f"{name} {value} is out of range: use {low} to {high}",
+                               fields=[FieldError(name, f"between {low} and {high}")])
+    return value
+
+
+async def bulk_get(request: Request, fetch: Callable[[str], Any], *, bare_list: bool = False) -> JSONResponse:
+    """AEP's bulk-get: `{"ids": [{"id": ...}]}` (with `bare_list`, also the list alone, as aepp sends segment
+    definitions) → 207 `{"results": {id: item}}`, where `fetch` renders one item or raises `NotFound`, which
+    becomes that id's error entry."""
+    check_json_content_type(request)
+    body = parse_json_bytes(await request.body())
+    wanted = body.get("ids") if isinstance(body, dict) else body if bare_list else None
+    if not isinstance(wanted, list) or not all(isinstance(i, dict) and isinstance(i.get("id"), str) for i in wanted):
+        raise ValidationFailed("bulk-get takes {\"ids\": [{\"id\": ...}]}", fields=[FieldError("/ids", "required")])
+    results: dict[str, Any] = {}
+    for item in wanted:
+        try:
+            results[item["id"]] = fetch(item["id"])
+        except NotFound as exc:
+            results[item["id"]] = {"errors": {"404": [{"code": 404, "message": exc.detail}]}}
+    return JSONResponse({"results": results}, status_code=207)

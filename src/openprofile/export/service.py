@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from openprofile.catalog import service as catalog
 from openprofile.core import ids
 from openprofile.core.errors import BadRequest, FieldError, NotFound, ValidationFailed
+from openprofile.core.http import int_param
 from openprofile.core.platform import Platform
 from openprofile.core.queue import enqueue
 from openprofile.core.tenancy import Tenant
@@ -172,22 +173,12 @@ class Page:
     query: jobs.PageQuery
 
 
-def _int(name: str, raw: str | None, default: int, low: int, high: int) -> int:
-    if raw is None or raw == "":
-        return default
-    if not re.fullmatch(r"-?\d{1,18}", raw.strip()):
-        raise ValidationFailed(f"{name} '{raw}' is not a whole number", fields=[FieldError(name, "a whole number")])
-    value = int(raw)
-    if not low <= value <= high:
-        raise ValidationFailed(f"{name} {value} is out of range: use {low} to {high}",
-                               fields=[FieldError(name, f"between {low} and {high}")])
-    return value
 
 
 def list_page(conn: Connection, tenant: Tenant, *, limit: str | None, offset: str | None, status: str | None,
               start: str | None, page: str | None, sort: str | None) -> Page:
     """Both documented list styles: `limit`/`offset`(keyset)/`status`, and `start`/`page`/`sort`."""
-    size = _int("limit", limit, DEFAULT_LIMIT, 1, MAX_LIMIT)
+    size = int_param("limit", limit, DEFAULT_LIMIT, 1, MAX_LIMIT)
     after = None
     if offset:
         match = _OFFSET.match(offset.strip())
@@ -207,9 +198,9 @@ def list_page(conn: Connection, tenant: Tenant, *, limit: str | None, offset: st
                                    fields=[FieldError("sort", "use createdTime or updateTime with :asc or :desc")])
         sort_field = "updateTime" if field_name == "updateTime" else "createdTime"
         descending = direction.lower() != "asc"
-    skip = _int("start", start, 0, 0, 10**9)
+    skip = int_param("start", start, 0, 0, 10**9)
     if page is not None:
-        skip = (_int("page", page, 1, 1, 10**6) - 1) * size
+        skip = (int_param("page", page, 1, 1, 10**6) - 1) * size
     query = jobs.PageQuery(limit=size + 1, after=after, status=status.upper() if status else None,
                            descending=descending, sort_field=sort_field, skip=skip)
     found = jobs.page(conn, tenant, query)

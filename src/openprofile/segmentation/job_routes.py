@@ -11,8 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from openprofile.core.errors import FieldError, NotFound, ValidationFailed
-from openprofile.core.http import check_json_content_type, parse_json_bytes, request_id_of
+from openprofile.core.http import bulk_get, check_json_content_type, parse_json_bytes, request_id_of
 from openprofile.core.platform import Platform, current_tenant, get_platform
 from openprofile.core.tenancy import Tenant
 from openprofile.segmentation import jobs
@@ -47,19 +46,8 @@ def list_jobs(limit: str | None = Query(None), start: str | None = Query(None), 
 async def bulk_get_jobs(request: Request, tenant: Tenant = Depends(current_tenant),
                         platform: Platform = Depends(get_platform)) -> JSONResponse:
     """`{"ids": [{"id": ...}]}` → 207 `{"results": {id: job}}`; an unknown id gets an error entry, as AEP's do."""
-    check_json_content_type(request)
-    body = parse_json_bytes(await request.body())
-    wanted = body.get("ids") if isinstance(body, dict) else None
-    if not isinstance(wanted, list) or not all(isinstance(i, dict) and isinstance(i.get("id"), str) for i in wanted):
-        raise ValidationFailed("bulk-get takes {\"ids\": [{\"id\": ...}]}", fields=[FieldError("/ids", "required")])
-    results: dict[str, Any] = {}
     with platform.engine.connect() as conn:
-        for item in wanted:
-            try:
-                results[item["id"]] = jobs.render(conn, jobs.get(conn, tenant, item["id"]))
-            except NotFound as exc:
-                results[item["id"]] = {"errors": {"404": [{"code": 404, "message": exc.detail}]}}
-    return JSONResponse({"results": results}, status_code=207)
+        return await bulk_get(request, lambda i: jobs.render(conn, jobs.get(conn, tenant, i)))
 
 
 @router.get("/jobs/{job_id}", summary="Get a segment job with its status and metrics")

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from openprofile.core import ids
 from openprofile.core.clock import now_ms
 from openprofile.core.errors import BadRequest, FieldError, NotFound, ValidationFailed
+from openprofile.core.http import int_param
 from openprofile.core.queue import enqueue
 from openprofile.core.tables import segment_jobs
 from openprofile.core.tenancy import Tenant, find_sandbox, tenant_scope
@@ -161,17 +162,6 @@ def cancel(conn: Connection, tenant: Tenant, job_id: str) -> None:
     raise BadRequest(f"Segment job {job_id} keeps changing state; try again.")
 
 
-def _int(name: str, raw: str | None, default: int, low: int, high: int) -> int:
-    if raw is None or raw == "":
-        return default
-    text = raw.strip()
-    if not text.lstrip("-").isdigit() or len(text) > 18:
-        raise ValidationFailed(f"{name} '{raw}' is not a whole number", fields=[FieldError(name, "a whole number")])
-    value = int(text)
-    if not low <= value <= high:
-        raise ValidationFailed(f"{name} {value} is out of range: use {low} to {high}",
-                               fields=[FieldError(name, f"between {low} and {high}")])
-    return value
 
 
 SORT_FIELDS = {"creationTime": segment_jobs.c.created_ms, "updateTime": segment_jobs.c.updated_ms}
@@ -193,8 +183,8 @@ def _order(sort: str | None) -> list[Any]:
 def list_page(conn: Connection, tenant: Tenant, *, limit: str | None, start: str | None,
               status: str | None, sort: str | None = None) -> tuple[list[SegmentJob], int]:
     """Newest first unless `sort` says otherwise; `start` is how many to skip. Returns the page and the total."""
-    size = _int("limit", limit, DEFAULT_LIMIT, 1, MAX_LIMIT)
-    skip = _int("start", start, 0, 0, 10**9)
+    size = int_param("limit", limit, DEFAULT_LIMIT, 1, MAX_LIMIT)
+    skip = int_param("start", start, 0, 0, 10**9)
     order = _order(sort)
     where = [tenant_scope(segment_jobs, tenant)]
     if status:

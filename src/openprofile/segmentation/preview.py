@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection
 from openprofile.core import ids
 from openprofile.core.clock import now_ms
 from openprofile.core.errors import FieldError, NotFound, ValidationFailed
+from openprofile.core.http import int_param
 from openprofile.core.platform import Platform
 from openprofile.core.queue import ClaimedJob, Handler, enqueue
 from openprofile.core.tables import segment_previews
@@ -307,23 +308,12 @@ def render_created(preview: Preview) -> dict[str, Any]:
             "previewId": preview.id, "previewExecutionId": 0}
 
 
-def _page_int(name: str, raw: str | None, default: int, low: int, high: int) -> int:
-    if raw is None or raw == "":
-        return default
-    text = raw.strip()
-    if not text.isdigit() or len(text) > 12:
-        raise ValidationFailed(f"{name} '{raw}' is not a whole number", fields=[FieldError(name, "a whole number")])
-    value = int(text)
-    if not low <= value <= high:
-        raise ValidationFailed(f"{name} {value} is out of range: use {low} to {high}",
-                               fields=[FieldError(name, f"between {low} and {high}")])
-    return value
 
 
 def render_preview(preview: Preview, *, offset: str | None = None, limit: str | None = None) -> dict[str, Any]:
     """`GET /preview/{id}`: the state and a page (`offset`, `limit`) of the sample; empty until RESULT_READY."""
-    start = _page_int("offset", offset, 0, 0, 10**9)
-    size = _page_int("limit", limit, MAX_LIMIT, 1, MAX_LIMIT)
+    start = int_param("offset", offset, 0, 0, 10**9)
+    size = int_param("limit", limit, MAX_LIMIT, 1, MAX_LIMIT)
     sample: list[dict[str, Any]] = list(preview.result.get("sample", []))
     page = sample[start:start + size]
     path = f"{BASE}/preview/{preview.id}"

@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from openprofile.core.errors import BadRequest, FieldError, NotFound, ValidationFailed
-from openprofile.core.http import check_json_content_type, json_body, parse_json_bytes
+from openprofile.core.errors import BadRequest, FieldError, ValidationFailed
+from openprofile.core.http import bulk_get, check_json_content_type, int_param, json_body, parse_json_bytes
 from openprofile.core.platform import Platform, current_tenant, get_platform
 from openprofile.core.tenancy import Tenant
 from openprofile.segmentation import definitions
@@ -30,16 +30,6 @@ async def create_definition(request: Request, tenant: Tenant = Depends(current_t
     return JSONResponse(rendered, headers={"X-Location": f"/data/core/ups/segment/definitions/{created.id}"})
 
 
-def _int(name: str, raw: str | None, default: int, low: int, high: int) -> int:
-    if raw is None or raw == "":
-        return default
-    if not raw.lstrip("-").isdigit():
-        raise ValidationFailed(f"{name} '{raw}' is not a whole number", fields=[FieldError(name, "a whole number")])
-    value = int(raw)
-    if not low <= value <= high:
-        raise ValidationFailed(f"{name} {value} is out of range [{low}, {high}]",
-                               fields=[FieldError(name, f"between {low} and {high}")])
-    return value
 
 
 @router.get("/definitions", summary="List segment definitions")
@@ -48,7 +38,7 @@ def list_definitions(
     sort: str | None = Query(None), tenant: Tenant = Depends(current_tenant),
     platform: Platform = Depends(get_platform),
 ) -> dict[str, Any]:
-    size = _int("limit", limit, 100, 1, MAX_LIMIT)
+    size = int_param("limit", limit, 100, 1, MAX_LIMIT)
     field_name, direction = "creationTime", "desc"
     if sort:
         field_name, _, direction = sort.partition(":")
@@ -60,9 +50,9 @@ def list_definitions(
         found = definitions.find_all(conn, tenant)
         key = {"name": lambda d: d.name, "updateTime": lambda d: d.updated_ms}.get(field_name, lambda d: d.created_ms)
         found.sort(key=key, reverse=direction == "desc")
-        skip = _int("start", start, 0, 0, 10**9)
+        skip = int_param("start", start, 0, 0, 10**9)
         if page is not None:
-            skip = _int("page", page, 1, 1, 10**6) * size - size
+            skip = int_param("page", page, 1, 1, 10**6) * size - size
         shown = [definitions.render(conn, d) for d in found[skip:skip + size]]
     total = len(found)
     return {
@@ -100,18 +90,8 @@ def delete_definition(definition_id: str, tenant: Tenant = Depends(current_tenan
 
 
 @router.post("/definitions/bulk-get", status_code=207, summary="Get several segment definitions")
-async def bulk_get(request: Request, tenant: Tenant = Depends(current_tenant),
-                   platform: Platform = Depends(get_platform)) -> JSONResponse:
-    check_json_content_type(request)
-    body = parse_json_bytes(await request.body())
-    wanted = body.get("ids") if isinstance(body, dict) else body
-    if not isinstance(wanted, list) or not all(isinstance(i, dict) and isinstance(i.get("id"), str) for i in wanted):
-        raise ValidationFailed("bulk-get takes {\"ids\": [{\"id\": ...}]}", fields=[FieldError("/ids", "required")])
-    results: dict[str, Any] = {}
+async def bulk_get_definitions(request: Request, tenant: Tenant = Depends(current_tenant),
+                               platform: Platform = Depends(get_platform)) -> JSONResponse:
     with platform.engine.connect() as conn:
-        for item in wanted:
-            try:
-                results[item["id"]] = definitions.render(conn, definitions.get(conn, tenant, item["id"]))
-            except NotFound as exc:
-                results[item["id"]] = {"errors": {"404": [{"code": 404, "message": exc.detail}]}}
-    return JSONResponse({"results": results}, status_code=207)
+        return await bulk_get(request, lambda i: definitions.render(conn, definitions.get(conn, tenant, i)),
+                              bare_list=True)
