@@ -28,9 +28,12 @@ from typing import Any
 
 import httpx
 
-from openprofile.demo import CLIENT_ID, CLIENT_SECRET, ORG, DemoClient
-from openprofile.demo import EVENT_CLASS as EVENT_CLASS  # re-exported for the benchmarks
+from openprofile.demo import CLIENT_ID as CLIENT_ID  # re-exported for the benchmarks
+from openprofile.demo import CLIENT_SECRET as CLIENT_SECRET
+from openprofile.demo import EVENT_CLASS as EVENT_CLASS
+from openprofile.demo import ORG as ORG
 from openprofile.demo import PROFILE_CLASS as PROFILE_CLASS
+from openprofile.demo import DemoClient as DemoClient
 from openprofile.generate import GeneratedData, GeneratedFile
 
 BENCH_DIR = Path(__file__).resolve().parent

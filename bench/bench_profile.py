@@ -205,7 +205,10 @@ def run(profiles: int, events_per_profile: int = 10, out: Path = DEFAULT_OUT, lo
         threads: int = 4, concurrent: int | None = None, engine_threads: int | None = None, keep: bool = False,
         timeout: float = 7200, quiet: bool = False) -> dict[str, Any]:
     """Run the whole benchmark and return its results (also written as JSON under `out`)."""
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, flush=True)
+
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data, reused = generated_data(out, profiles, events_per_profile)

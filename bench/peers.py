@@ -333,11 +333,11 @@ def run_pandas(spec: Spec, task: str, out: Path) -> tuple[int, Callable[[], None
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out / "part-0.parquet", compression="zstd")
 
-    def clusters() -> None:  # the identity graph, for checking segment counts (not timed)
+    def write_clusters() -> None:  # the identity graph, for checking segment counts (not timed)
         pq.write_table(pa.table({"node": pa.array(uniques), "_key": pa.array(uniques[label]),
                                  "size": pa.array(size[label])}), Path(spec.out) / "pandas-clusters.parquet")
 
-    return int(table.num_rows), clusters
+    return int(table.num_rows), write_clusters
 
 
 # --------------------------------------------------------------------------------------------------
@@ -381,7 +381,7 @@ def run_spark(spark: Any, spec: Spec, task: str, out: Path) -> tuple[int, Callab
         best = F.array_min(ranked)
         return F.concat(best["ns"], F.lit(":"), best["id"])
 
-    def read(sources: list[Any], columns: list[str] | None = None) -> DataFrame:
+    def read(sources: list[Any], columns: list[str] | None = None) -> Any:
         frames = []
         for source in sources:
             frame = spark.read.parquet(*source.files)
@@ -451,7 +451,7 @@ def run_spark(spark: Any, spec: Spec, task: str, out: Path) -> tuple[int, Callab
                 expr, refs = leaves([*path, child.name], child.dataType)
                 parts.append(expr.alias(child.name))
                 under += refs
-            all_null = None
+            all_null: Any = None
             for ref in under:
                 all_null = ref.isNull() if all_null is None else all_null & ref.isNull()
             return F.when(all_null, F.lit(None)).otherwise(F.struct(*parts)), under
@@ -505,7 +505,7 @@ def run_spark(spark: Any, spec: Spec, task: str, out: Path) -> tuple[int, Callab
             return F.exists(F.map_entries("segmentMembership"), lambda e: (F.lower(e["key"]) == namespace)
                             & e["value"][segment_id]["status"].isin(statuses))
 
-        condition = None
+        condition: Any = None
         for segment_id, (namespace, statuses) in spec.statuses().items():
             hit = member(segment_id, namespace, statuses)
             condition = hit if condition is None else condition | hit
@@ -527,11 +527,11 @@ def run_spark(spark: Any, spec: Spec, task: str, out: Path) -> tuple[int, Callab
     result = result.withColumn("_key", key).drop("_cluster")
     result.write.mode("overwrite").option("compression", "zstd").parquet(str(out))
 
-    def clusters() -> None:  # the identity graph, for checking segment counts (not timed)
+    def write_clusters() -> None:  # the identity graph, for checking segment counts (not timed)
         graph.select("node", F.col("label").alias("_key"), "size").coalesce(1).write.mode("overwrite").parquet(
             str(Path(spec.out) / "spark-clusters"))
 
-    return int(spark.read.parquet(str(out)).count()), clusters
+    return int(spark.read.parquet(str(out)).count()), write_clusters
 
 
 # --------------------------------------------------------------------------------------------------

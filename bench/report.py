@@ -291,6 +291,9 @@ def write(results_dir: Path, report_path: Path, plot_path: Path | None) -> None:
     if plot_path is not None and runs:
         plot(runs, plot_path)
         out += ["## Time against size", "", f"![wall time against profiles]({plot_path.name})", ""]
+    notes = results_dir / "analysis.md"  # written by hand after profiling the missed targets
+    if notes.exists():
+        out += [notes.read_text().strip(), ""]
     report_path.write_text("\n".join(out))
 
 

@@ -17,9 +17,10 @@ For each scale N, in one run on this machine:
 4. **segmentation**: 20 segment definitions (`POST /segment/definitions`: attributes, events, both) evaluated
    by one segment job (`POST /segment/jobs`);
 5. **the API under load** (the worker stopped first, so POSTed export jobs stay queued and nothing runs
-   behind the measurement): 100k finished export jobs inserted into the metadata DB in bulk, then 50
-   concurrent closed-loop clients for `--load-seconds` each against `GET /export/jobs` (first page or a keyset
-   page), `GET /export/jobs/{id}`, `GET /access/entities` (by CRMID, pdg) and `POST /export/jobs`;
+   behind the measurement; they are cancelled through the API afterwards): 100k finished export jobs inserted
+   into the metadata DB in bulk, then one client alone and 50 concurrent closed-loop clients for
+   `--load-seconds` each against `GET /export/jobs` (first page or a keyset page), `GET /export/jobs/{id}`,
+   `GET /access/entities` (by CRMID, pdg) and `POST /export/jobs`;
 6. **the floor and the peers**, each in its own process after the server has stopped (`peers.py`): DuckDB
    reading the same lake files and writing them back unmerged; pandas (up to `--pandas-max` profiles) and
    PySpark `local[cores]` (up to `--spark-max`) computing each export's result from the same files;
@@ -131,6 +132,7 @@ class Options:
     spark_max: int = 1_000_000
     load_seconds: float = 30.0
     clients: int = 50
+    loadgen: str = "raw"
     stored_jobs: int = 100_000
     sample: int = 500
     lookups_checked: int = 100
@@ -146,7 +148,6 @@ class Options:
 class Run:
     def __init__(self, options: Options) -> None:
         self.o = options
-        self.say = (lambda *a: None) if options.quiet else (lambda *a: print(*a, flush=True))
         self.work = options.out / f"run-{options.scale}x{options.events_per_profile}"
         self.data_dir = self.work / "data"
         self.results: dict[str, Any] = {
@@ -155,6 +156,10 @@ class Run:
             "machine": machine(), "git": git_revision(), "load_average_before": os.getloadavg(),
             "threads": options.threads, "checks": {}, "failures": [],
         }
+
+    def say(self, text: str) -> None:
+        if not self.o.quiet:
+            print(text, flush=True)
 
     def fail(self, what: str) -> None:
         self.results["failures"].append(what)
@@ -172,7 +177,9 @@ class Run:
         self.say(f"[{o.scale:,}] data: {records} ({'reused' if reused else 'generated'} in "
                  f"{self.results['generate']['wall_s']:.1f} s)")
         shutil.rmtree(self.work, ignore_errors=True)
-        self.data_dir.mkdir(parents=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if any(self.data_dir.iterdir()):
+            raise RuntimeError(f"{self.data_dir} is in use by another process: choose another --out")
         try:
             with running_server(self.data_dir, o.threads, workers=0) as server:
                 worker = start_worker(server, o.worker_concurrency)
@@ -213,7 +220,7 @@ class Run:
         target = client.create_dataset("Bench export", UNION, profile=False)
         base = {"mergePolicy": {"id": policy}, "destination": {"datasetId": target},
                 "schema": {"name": "_xdm.context.profile"}}
-        bodies = {
+        bodies: dict[str, dict[str, Any]] = {
             "profiles": base,
             "events": {**base, "additionalFields": {"eventList": {}}},
             "segment": {**base, "filter": {"segments": [{"segmentId": s, "segmentNs": "ups"}
@@ -243,9 +250,10 @@ class Run:
             headers = dict(client.http.headers)
             # One client first (latency without queueing), then the load.
             api[f"{scenario.name}_1"] = loadtest.run_scenario(server.base_url, headers, scenario, server.proc,
-                                                              clients=1, duration=min(5.0, o.load_seconds))
+                                                              clients=1, duration=min(5.0, o.load_seconds),
+                                                              loadgen=o.loadgen)
             api[scenario.name] = loadtest.run_scenario(server.base_url, headers, scenario, server.proc,
-                                                       clients=o.clients, duration=o.load_seconds)
+                                                       clients=o.clients, duration=o.load_seconds, loadgen=o.loadgen)
             for key in (f"{scenario.name}_1", scenario.name):
                 found = api[key]
                 self.say(f"  {key}: p50 {found.get('p50_ms', 0):.1f} ms, p99 {found.get('p99_ms', 0):.1f} ms, "
@@ -254,6 +262,7 @@ class Run:
                     self.fail(f"API {key}: {found['errors']} errors of {found['ok'] + found['errors']} "
                               f"({found['failures'][:1]})")
         api["server_peak_rss_mib"] = server.proc.peak_mib()
+        api["cancelled_after"] = cancel_queued(client)
         self.results["api"] = api
         self.results["spec"] = self.spec(datasets, ingest).to_dict()
         client.http.close()
@@ -408,6 +417,19 @@ def export(client: DemoClient, body: dict[str, Any], server: Server, worker: Pro
             "job_write_ms": metrics.get("aCPDatasetWriteTime", {}).get("totalTimeInMs")}
 
 
+def cancel_queued(client: DemoClient) -> int:
+    """Cancel the export jobs the load test queued (DELETE on a NEW job: CANCELLED at once), so that a data
+    directory kept with --keep does not start a thousand exports when a worker next runs on it."""
+    cancelled = 0
+    while True:
+        page = client.call("GET", EXPORT_JOBS, params={"status": "NEW", "limit": "1000"})
+        if not page["records"]:
+            return cancelled
+        for job in page["records"]:
+            client.call("DELETE", f"{EXPORT_JOBS}/{job['id']}")
+            cancelled += 1
+
+
 def segmentation(client: DemoClient, server: Server, worker: Proc, policy: str, timeout: float) -> dict[str, Any]:
     """Define the segments, then evaluate them all in one segment job."""
     ids: dict[str, str] = {}
@@ -497,6 +519,8 @@ def main() -> None:
     parser.add_argument("--spark-max", type=int, default=1_000_000, help="largest scale Spark runs at")
     parser.add_argument("--load-seconds", type=float, default=30.0, help="seconds of each load scenario")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients of the load test")
+    parser.add_argument("--loadgen", choices=("raw", "httpx"), default="raw",
+                        help="load generator connections: raw asyncio HTTP/1.1 (cheap) or httpx's AsyncClient")
     parser.add_argument("--stored-jobs", type=int, default=100_000, help="export jobs stored for list/get")
     parser.add_argument("--sample", type=int, default=500, help="profiles compared field by field per peer")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="engine threads, Spark cores")
@@ -510,6 +534,7 @@ def main() -> None:
                           results_dir=args.results, report=args.report, plot=args.plot,
                           peers=tuple(p for p in args.peers.split(",") if p), pandas_max=args.pandas_max,
                           spark_max=args.spark_max, load_seconds=args.load_seconds, clients=args.clients,
+                          loadgen=args.loadgen,
                           stored_jobs=args.stored_jobs, sample=args.sample, threads=args.threads,
                           spark_memory=args.spark_memory, keep=args.keep, command=command)
         results = run(options)
