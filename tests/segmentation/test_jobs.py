@@ -11,7 +11,6 @@ from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
-import pytest
 
 from openprofile.core import ids
 from openprofile.core.platform import Platform
@@ -22,7 +21,7 @@ from openprofile.engine.pql import timestamp_sql
 from openprofile.profile.memberships import current_memberships
 from openprofile.segmentation import jobs
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, ORG, OTHER_CLIENT_ID, OTHER_ORG, OTHER_SECRET, Api
-from tests.helpers import EVENT_CLASS, assert_error, create_dataset, event, ingest, profile
+from tests.helpers import assert_error, ingest, profile
 from tests.specs import assert_matches_spec
 
 DEFS = "/data/core/ups/segment/definitions"
@@ -62,21 +61,6 @@ def memberships(platform: Platform, job: dict[str, Any]) -> dict[tuple[str, str]
     assert path is not None
     rows = pq.read_table(path).to_pylist()
     return {(r["segment_id"], r["_group"]): (r["status"], r["last_qualification"]) for r in rows}
-
-
-@pytest.fixture
-def data(api: Api) -> dict[str, str]:
-    crm = create_dataset(api, "CRM")
-    web = create_dataset(api, "Web", schema_id=EVENT_CLASS)
-    assert ingest(api, crm, [profile("C1", "ann@x.com", "Ann", loyalty={"points": 10}),
-                             profile("C2", "bob@x.com", "Bob", loyalty={"points": 3}),
-                             profile("C3", "cy@x.com", "Cy", loyalty={"points": 20})])["status"] == "success"
-    assert ingest(api, web, [
-        event("e1", "1" * 38, eventType="commerce.purchases", identityMap={"CRMID": [{"id": "C1", "primary": True}]}),
-        event("e2", "2" * 38, eventType="web.webpagedetails.pageViews",
-              identityMap={"CRMID": [{"id": "C2", "primary": True}]}),
-    ])["status"] == "success"
-    return {"crm": crm, "web": web}
 
 
 def test_job_runs_with_counts_and_memberships_move(api: Api, data: dict[str, str], platform: Platform) -> None:

@@ -18,7 +18,7 @@ from openprofile.profile import policies
 from openprofile.profile.policy_models import MergePolicyRequest
 from openprofile.segmentation import preview
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, ORG, OTHER_CLIENT_ID, OTHER_ORG, OTHER_SECRET, Api, ServerProcess
-from tests.helpers import EVENT_CLASS, PROFILE_CLASS, assert_error, create_dataset, event, ingest, profile
+from tests.helpers import PROFILE_CLASS, assert_error, create_dataset, event, ingest, profile
 from tests.segmentation.test_jobs import create_segment, definition, run_job
 from tests.specs import assert_matches_spec
 
@@ -71,22 +71,6 @@ def run_preview(api: Api, pql: str, **more: Any) -> tuple[dict[str, Any], dict[s
     done = wait_preview(api, created["previewId"])
     assert done["state"] == "RESULT_READY", done
     return done, estimate(api, created["previewId"])
-
-
-@pytest.fixture
-def data(api: Api) -> dict[str, str]:
-    """Ann (10 points, a purchase), Bob (3 points, a page view), Cy (20 points); identities CRMID + email."""
-    crm_id = create_dataset(api, "CRM")
-    web = create_dataset(api, "Web", schema_id=EVENT_CLASS)
-    assert ingest(api, crm_id, [profile("C1", "ann@x.com", "Ann", loyalty={"points": 10}),
-                                profile("C2", "bob@x.com", "Bob", loyalty={"points": 3}),
-                                profile("C3", "cy@x.com", "Cy", loyalty={"points": 20})])["status"] == "success"
-    assert ingest(api, web, [
-        event("e1", "1" * 38, eventType="commerce.purchases", identityMap={"CRMID": [{"id": "C1", "primary": True}]}),
-        event("e2", "2" * 38, eventType="web.webpagedetails.pageViews",
-              identityMap={"CRMID": [{"id": "C2", "primary": True}]}),
-    ])["status"] == "success"
-    return {"crm": crm_id, "web": web}
 
 
 def test_counts_equal_segment_job_and_hand_computed_sets(api: Api, data: dict[str, str]) -> None:
