@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from openprofile.engine.merge import FragmentSource, MergeRule, merge_sql, merged_structure
+from openprofile.engine.export import with_cluster_identities
+from openprofile.engine.merge_arrow import merge_arrow
 from openprofile.engine.structure import Structure, TypeNode, to_arrow_type
 
 IDENTITY_MAP: TypeNode = {
@@ -251,6 +253,17 @@ def sql_merge(sources: list[FragmentSource], rule: MergeRule, where: str | None)
         warnings.filterwarnings("ignore", message="Arrow output on a DB-API result", category=UserWarning)
         arrow = CON.execute(merge_sql(sources, rule, where=where)).to_arrow_table()
     assert arrow is not None
+    return _by_group(arrow)
+
+
+def arrow_merge(sources: list[FragmentSource], rule: MergeRule, where: str | None,
+                members: str | None = None) -> dict[str, dict[str, Any]]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Arrow output on a DB-API result", category=UserWarning)
+        return _by_group(merge_arrow(CON, sources, rule, where=where, members=members))
+
+
+def _by_group(arrow: pa.Table) -> dict[str, dict[str, Any]]:
     rows = [{n: _py(r[n], arrow.schema.field(n).type) for n in arrow.column_names} for r in arrow.to_pylist()]
     return {row.pop("_group"): row for row in rows}
 
@@ -276,3 +289,36 @@ def test_sql_merge_equals_the_reference(case: Scenario) -> None:
         assert sql_merge(sources, rule, None) == reference_merge(fragments, structure, rule, None)
         where = f"_group = '{group}'"
         assert sql_merge(sources, rule, where) == reference_merge(fragments, structure, rule, group)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario())
+def test_arrow_merge_equals_the_reference(case: Scenario) -> None:
+    sources, fragments, precedence, group = case
+    structure = merged_structure(sources)
+    for rule in (MergeRule("timestampOrdered"), precedence):
+        assert arrow_merge(sources, rule, None) == reference_merge(fragments, structure, rule, None)
+        where = f"_group = '{group}'"
+        assert arrow_merge(sources, rule, where) == reference_merge(fragments, structure, rule, group)
+
+
+MEMBERS = st.lists(st.fixed_dictionaries({
+    "_group": st.sampled_from([*GROUPS, "g3"]),  # g3: a cluster without merged fragments
+    "ns": st.sampled_from(["email", "ecid", "crmid"]),
+    "id": st.sampled_from(["i1", "i2", "i3"]),
+}), max_size=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario(), MEMBERS)
+def test_arrow_merge_with_cluster_members_equals_the_sql_merge(case: Scenario, members: list[dict[str, str]]) -> None:
+    """With a cluster's members, the Arrow merge lists the identities `with_cluster_identities` gives."""
+    sources, _, precedence, _ = case
+    CON.register("prop_members", pa.Table.from_pylist(
+        members, schema=pa.schema([("_group", pa.string()), ("ns", pa.string()), ("id", pa.string())])))
+    for rule in (MergeRule("timestampOrdered"), precedence):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Arrow output on a DB-API result", category=UserWarning)
+            arrow = CON.execute(with_cluster_identities(merge_sql(sources, rule), "prop_members")).to_arrow_table()
+        arrow = arrow.drop_columns(["__s"])  # with_cluster_identities' sort key, which exports do not select
+        assert arrow_merge(sources, rule, None, members="prop_members") == _by_group(arrow)

@@ -1,7 +1,8 @@
 """The profile export plan: merged profiles → filters → projection → events → Parquet files.
 
-One SQL statement (DuckDB) per batch, streamed as Arrow record batches into Parquet files of at most
-`rows_per_file` rows; nothing holds the whole export in memory. The order of operations is
+DuckDB reads the fragments and splits them into slices of groups; each slice is merged on Arrow arrays
+(`merge_arrow`), and DuckDB filters and projects the merged rows, streamed as Arrow record batches into
+Parquet files of at most `rows_per_file` rows; nothing holds the whole export in memory. The order of operations is
 aep-semantics.md §4.2's: merge under the policy (oversized graphs already left out by the fragment
 relations) → `emptyProfiles` → segment filter → `fromIngestTimestamp` (merged last modification
 strictly later) → `fields` projection → `timeSeriesEvents` (the profile's events inside the
@@ -35,7 +36,16 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from openprofile.engine.fields import project_sql, project_structure
-from openprofile.engine.merge import FragmentSource, MergeRule, merge_sql, profile_structure
+from openprofile.engine.merge import (
+    FragmentSource,
+    MergeRule,
+    fragment_rows_sql,
+    merge_slots,
+    merge_sql,
+    merged_structure,
+    profile_structure,
+)
+from openprofile.engine.merge_arrow import merge_table
 from openprofile.engine.profile_store import DatasetFiles, StoreFiles, indexed_rows
 from openprofile.engine.structure import Structure, TypeNode, quote_identifier, to_duckdb_type
 
@@ -200,18 +210,33 @@ def with_cluster_identities(merged: str, members: str | Path) -> str:
 
 
 @dataclass(frozen=True)
+class ArrowMerge:
+    """A merge run by `merge_table` before a part's statements: the fragment rows (`fragment_rows_sql`'s), from
+    the slice table `fragments` of the part's slice or, unsliced, from the query `fragments`, merged under
+    `rule` and registered on the connection as the table `name`. With `members` (a slice table, or a relation
+    of (_group, ns, id)), its rows list their clusters' whole identities, as `with_cluster_identities` does."""
+
+    fragments: str
+    structure: Structure = field(hash=False)
+    rule: MergeRule
+    name: str
+    members: str | None = None
+
+
+@dataclass(frozen=True)
 class ExportPart:
-    """Rows of an export batch: run `setup`, stream `profiles` (rows with `__ns`, the namespace counted for the
-    metrics; no rows when None); with an event list, `events` streams each row's events (`__pos`, the row's
-    1-based position in `profiles`, then `__event`), ordered by position, and they are attached as
-    `timeSeriesEvents`; `cleanup` runs last, whatever happened. While it runs, slice `slice` of each of the
-    query's partitions is a table (`ExportQuery`)."""
+    """Rows of an export batch: run `merge` (if any) then `setup`, stream `profiles` (rows with `__ns`, the
+    namespace counted for the metrics; no rows when None); with an event list, `events` streams each row's
+    events (`__pos`, the row's 1-based position in `profiles`, then `__event`), ordered by position, and they
+    are attached as `timeSeriesEvents`; `cleanup` runs last, whatever happened. While it runs, slice `slice`
+    of each of the query's partitions is a table (`ExportQuery`)."""
 
     profiles: str | None
     events: str | None = None
     setup: tuple[str, ...] = ()
     cleanup: tuple[str, ...] = ()
     slice: int | None = None
+    merge: ArrowMerge | None = None
 
 
 @dataclass(frozen=True)
@@ -245,8 +270,9 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
                  table: str = "__export_rows", scratch: Path | None = None) -> ExportQuery:
     """The rows of one export batch (all profiles, or one segment's with `segmentPerBatch`). With an event
     list, the profile rows are first kept in `table` (a table of the connection's database). With
-    `plan.slices` > 1, the fragments (and members) are first partitioned into slices under `scratch`, and
-    merged one slice at a time: the same merge plan, on each slice's fragments."""
+    `plan.slices` > 1, the fragment rows (and members) are first partitioned into slices under `scratch`, and
+    merged one slice at a time. The merge is `merge_table`'s (`ArrowMerge`), except when profiles with only
+    events join in, where `merge_sql` merges every fragment in one statement."""
     structure = output_structure(plan)
     segments = (only_segment,) if only_segment else plan.segments
     joins_events = plan.events is not None and plan.empty_profiles and not segments
@@ -257,21 +283,25 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
         segments or _selects_memberships(plan)) else None)
     overlay = computed is not None or ("segmentMembership" in structure and "segmentMembership" not in merged_columns)
     partitions: list[tuple[str, str]] = []
-    parts: list[tuple[list[FragmentSource], str | None, str | None]] = [(plan.sources, members, computed)]
+    fragments = fragment_rows_sql(plan.sources, plan.rule)
+    merged_name = f"{table}_merged"
+    # (fragment rows, members, memberships) of each part
+    parts: list[tuple[str, str | None, str | None]] = [(fragments, members, computed)]
     if slices > 1:
         assert scratch is not None
         prefix = f"{table}_slice"
-        for number, source in enumerate(plan.sources):
-            partitions.append((source.relation, f"{prefix}_f{number}"))
+        partitions.append((f"({fragments})", f"{prefix}_f"))
         if members is not None:
             partitions.append((members, f"{prefix}_m"))
         if computed is not None:
             partitions.append((computed, f"{prefix}_s"))
-        parts = [([FragmentSource(s.dataset_id, _slice_table(f"{prefix}_f{n}", k), s.structure)
-                   for n, s in enumerate(plan.sources)],
+        parts = [(_slice_table(f"{prefix}_f", k),
                   _slice_table(f"{prefix}_m", k) if members is not None else None,
                   _slice_table(f"{prefix}_s", k) if computed is not None else None)
                  for k in range(slices)]
+    arrow_merges = [None if joins_events else ArrowMerge(rows, merged_structure(plan.sources), plan.rule,
+                                                         merged_name, part_members)
+                    for rows, part_members, _ in parts]
     conditions = []
     if segments:
         condition = _segment_condition(structure)
@@ -283,14 +313,16 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
     namespace = ("coalesce(list_filter(m.\"identities\", lambda i: i.\"primary\")[1], "
                  "m.\"identities\"[1]).namespace.code AS __ns")
 
-    def merged(sources: list[FragmentSource], members: str | None, memberships: str | None) -> str:
-        sql = merge_sql(sources, plan.rule)
-        sql = with_cluster_identities(sql, members) if members is not None else sql
+    def merged(_: str, members: str | None, memberships: str | None) -> str:
+        sql = f"SELECT * FROM {merged_name}"  # the ArrowMerge's, cluster identities included
+        if joins_events:
+            sql = merge_sql(plan.sources, plan.rule)
+            sql = with_cluster_identities(sql, members) if members is not None else sql
         return with_memberships(sql, merged_columns, memberships) if overlay else sql
 
     if plan.events is None:
         return ExportQuery(tuple(ExportPart(f"SELECT {', '.join([*projection, namespace])} FROM ({merged(*part)}) m "
-                                            f"{where}", slice=k if slices > 1 else None)
+                                            f"{where}", slice=k if slices > 1 else None, merge=arrow_merges[k])
                                  for k, part in enumerate(parts)),
                            tuple(partitions), slices, scratch)
     # Aggregating every profile's events into a list in SQL is the costliest step by far (DuckDB's list()
@@ -311,7 +343,8 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
                 f"SELECT {', '.join([*projection, namespace])}, _group AS __group "
                 f"FROM m FULL OUTER JOIN ev USING (_group)"]
     fill = [ExportPart(None, setup=(f"CREATE OR REPLACE TABLE {table} AS {sql}" if k == 0 else
-                                    f"INSERT INTO {table} {sql}",), slice=k if slices > 1 else None)
+                                    f"INSERT INTO {table} {sql}",), slice=k if slices > 1 else None,
+                       merge=arrow_merges[k])
             for k, sql in enumerate(rows)]
     return ExportQuery(
         (*fill, ExportPart(profiles=f"SELECT * EXCLUDE (__group) FROM {table} ORDER BY __group",
@@ -347,18 +380,42 @@ def _split(conn: duckdb.DuckDBPyConnection, relation: str, name: str, slices: in
 
 
 @contextmanager
-def _slice_tables(conn: duckdb.DuckDBPyConnection, query: ExportQuery, number: int | None) -> Iterator[None]:
-    """Slice `number` of each partition as a table of the connection (memory-mapped), while in the block."""
+def _slice_tables(conn: duckdb.DuckDBPyConnection, query: ExportQuery,
+                  number: int | None) -> Iterator[dict[str, pa.Table]]:
+    """Slice `number` of each partition as a table of the connection (memory-mapped), while in the block; the
+    tables by name."""
     names = [_slice_table(name, number) for _, name in query.partitions] if number is not None else []
     assert query.scratch is not None or not names
+    tables: dict[str, pa.Table] = {}
     try:
         for name in names:
             assert query.scratch is not None
-            conn.register(name, ipc.open_file(pa.memory_map(str(query.scratch / f"{name}.arrow"))).read_all())
+            tables[name] = ipc.open_file(pa.memory_map(str(query.scratch / f"{name}.arrow"))).read_all()
+            conn.register(name, tables[name])
+        yield tables
+    finally:
+        for name in tables:
+            conn.unregister(name)
+
+
+@contextmanager
+def _merged(conn: duckdb.DuckDBPyConnection, merge: ArrowMerge | None, tables: dict[str, pa.Table]) -> Iterator[None]:
+    """The merge's result registered as its table, while in the block."""
+    if merge is None:
+        yield
+        return
+    fragments = tables[merge.fragments] if merge.fragments in tables else conn.sql(merge.fragments).to_arrow_table()
+    members = None
+    if merge.members is not None:
+        members = (tables[merge.members] if merge.members in tables else
+                   conn.sql(f"SELECT _group, ns, id FROM {merge.members}").to_arrow_table())
+    conn.register(merge.name, merge_table(fragments, merge.structure, merge_slots(merge.structure), merge.rule,
+                                          members=members))
+    del fragments, members
+    try:
         yield
     finally:
-        for name in names:
-            conn.unregister(name)
+        conn.unregister(merge.name)
 
 
 @dataclass
@@ -475,7 +532,7 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
             profiles_conn = conn
             readers: list[pa.RecordBatchReader] = []
             try:
-                with _slice_tables(conn, whole, part.slice):
+                with _slice_tables(conn, whole, part.slice) as tables, _merged(conn, part.merge, tables):
                     for statement in part.setup:
                         conn.execute(statement)
                     if part.profiles is None:

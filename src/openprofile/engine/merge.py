@@ -116,6 +116,9 @@ __all__ = [
     "SYSTEM_OUTPUT_COLUMNS",
     "FragmentSource",
     "MergeRule",
+    "SlotInfo",
+    "fragment_rows_sql",
+    "merge_slots",
     "merge_sql",
     "merged_structure",
     "profile_structure",
@@ -207,6 +210,15 @@ class _Slot:
     depth: int = 0
 
 
+SlotInfo = _Slot
+"""A slot of the merged structure, for merges other than `merge_sql` (`merge_arrow`)."""
+
+
+def merge_slots(structure: Structure) -> list[_Slot]:
+    """The merged structure's slots, in `merge_sql`'s order, with its column aliases."""
+    return list(_slots(structure))
+
+
 def _is_identity_map(name: str, node: TypeNode) -> bool:
     if name != _IDENTITY_MAP or not isinstance(node, dict) or "map" not in node:
         return False
@@ -282,15 +294,16 @@ def _effective_us(structure: Structure) -> str:
     return ingest
 
 
-def _precedence_columns(source: FragmentSource | None, rule: MergeRule) -> list[str]:
+def _precedence_columns(source: FragmentSource | None, rule: MergeRule, *, packed: bool = True) -> list[str]:
     """The parts of the precedence key that are not system columns — ``__kp`` (dataSetPrecedence only), the
     effective time ``__kt``, the record hash ``__kh`` — and ``__k``, the first two parts of the key packed into
     one HUGEINT (the first part signed in the high 64 bits, the second biased in the low ones): typed
-    placeholders for no source."""
+    placeholders for no source. Without `packed`, no ``__k``."""
     precedence = rule.attribute_merge == "dataSetPrecedence"
     if source is None:
         return [*(["CAST(0 AS INTEGER) AS __kp"] if precedence else []),
-                "CAST(0 AS BIGINT) AS __kt", "CAST(0 AS UBIGINT) AS __kh", "CAST(0 AS HUGEINT) AS __k"]
+                "CAST(0 AS BIGINT) AS __kt", "CAST(0 AS UBIGINT) AS __kh",
+                *(["CAST(0 AS HUGEINT) AS __k"] if packed else [])]
     columns = ", ".join(quote_identifier(c) for c in source.structure)
     effective = _effective_us(source.structure)
     parts: list[str] = []
@@ -301,9 +314,9 @@ def _precedence_columns(source: FragmentSource | None, rule: MergeRule) -> list[
     else:
         # -2^63 would overflow the HUGEINT; as -2^63 + 1 it only ties, and a tie takes the exact way.
         first, second = f"greatest({effective}, {-(1 << 63) + 1})", "coalesce(CAST(\"_ingest_ms\" AS BIGINT), 0)"
-    packed = f"CAST({first} AS HUGEINT) * {1 << 64} + (CAST({second} AS HUGEINT) + {1 << 63})"
+    key = f"CAST({first} AS HUGEINT) * {1 << 64} + (CAST({second} AS HUGEINT) + {1 << 63})"
     return [*parts, f"{effective} AS __kt", f"{f'hash({columns})' if columns else 'CAST(0 AS UBIGINT)'} AS __kh",
-            f"{packed} AS __k"]
+            *([f"{key} AS __k"] if packed else [])]
 
 
 def _precedence_order(rule: MergeRule) -> str:
@@ -314,14 +327,14 @@ def _precedence_order(rule: MergeRule) -> str:
 
 
 def _fragments_select(
-    source: FragmentSource | None, slots: list[_Slot], rule: MergeRule, where: str | None
+    source: FragmentSource | None, slots: list[_Slot], rule: MergeRule, where: str | None, *, packed: bool = True
 ) -> str:
     """One source's fragments as the common fragment columns (or a typed empty relation for None)."""
     if source is None:
         none = [
             "CAST(NULL AS VARCHAR) AS _group", "CAST(NULL AS VARCHAR) AS _dataset",
             "CAST(NULL AS BIGINT) AS _ingest_ms", "CAST(NULL AS VARCHAR) AS _batch",
-            *_precedence_columns(None, rule),
+            *_precedence_columns(None, rule, packed=packed),
         ]
         rest = [f"CAST(NULL AS {to_duckdb_type(s.node)}) AS {s.alias}" for s in slots]
         return f"SELECT {', '.join([*none, *rest])} WHERE false"
@@ -331,7 +344,7 @@ def _fragments_select(
         "CAST(\"_dataset\" AS VARCHAR) AS _dataset",
         "CAST(\"_ingest_ms\" AS BIGINT) AS _ingest_ms",
         "CAST(\"_batch\" AS VARCHAR) AS _batch",
-        *_precedence_columns(source, rule),
+        *_precedence_columns(source, rule, packed=packed),
     ]
     for slot in slots:
         items.append(f"{_typed(slot.path, _source_node(structure, slot.path), slot.node)} AS {slot.alias}")
@@ -339,6 +352,19 @@ def _fragments_select(
     if where:
         condition += f" AND ({where})"
     return f"SELECT {', '.join(items)}\nFROM {source.relation} AS __r\nWHERE {condition}"
+
+
+def fragment_rows_sql(sources: list[FragmentSource], rule: MergeRule, *, where: str | None = None) -> str:
+    """The merged fragments of every included source as flat rows, for a merge outside SQL (`merge_arrow`):
+    ``_group``, ``_dataset``, ``_ingest_ms``, ``_batch``, the precedence key's parts (``__kp`` under
+    dataSetPrecedence, ``__kt``, ``__kh``), then one column per slot of `merge_slots` named by its alias, typed
+    as the merged structure says."""
+    slots = merge_slots(merged_structure(sources))
+    included = [s for s in sources if rule.includes(s.dataset_id)]
+    selects = [_fragments_select(s, slots, rule, where, packed=False) for s in included] or [
+        _fragments_select(None, slots, rule, where, packed=False)
+    ]
+    return "\nUNION ALL\n".join(f"({s})" for s in selects)
 
 
 # --------------------------------------------------------------------------------------------------
