@@ -379,43 +379,42 @@ def _split(conn: duckdb.DuckDBPyConnection, relation: str, name: str, slices: in
             writer.close()
 
 
-@contextmanager
-def _slice_tables(conn: duckdb.DuckDBPyConnection, query: ExportQuery,
-                  number: int | None) -> Iterator[dict[str, pa.Table]]:
-    """Slice `number` of each partition as a table of the connection (memory-mapped), while in the block; the
-    tables by name."""
-    names = [_slice_table(name, number) for _, name in query.partitions] if number is not None else []
-    assert query.scratch is not None or not names
+def _part_tables(query: ExportQuery, part: ExportPart,
+                 conn: duckdb.DuckDBPyConnection | None = None) -> dict[str, pa.Table]:
+    """The tables a part reads, by name: slice `part.slice` of each partition (memory-mapped) and its merge's
+    result. Without `conn` (on another thread) only for a sliced part: an unsliced merge reads on `conn`."""
     tables: dict[str, pa.Table] = {}
-    try:
-        for name in names:
-            assert query.scratch is not None
+    if part.slice is not None:
+        assert query.scratch is not None
+        for _, partition in query.partitions:
+            name = _slice_table(partition, part.slice)
             tables[name] = ipc.open_file(pa.memory_map(str(query.scratch / f"{name}.arrow"))).read_all()
-            conn.register(name, tables[name])
-        yield tables
+    merge = part.merge
+    if merge is not None:
+        def read(relation: str, sql: str) -> pa.Table:
+            if relation in tables:
+                return tables[relation]
+            assert conn is not None
+            return conn.sql(sql).to_arrow_table()
+
+        fragments = read(merge.fragments, merge.fragments)
+        members = (read(merge.members, f"SELECT _group, ns, id FROM {merge.members}")
+                   if merge.members is not None else None)
+        tables[merge.name] = merge_table(fragments, merge.structure, merge_slots(merge.structure), merge.rule,
+                                         members=members)
+    return tables
+
+
+@contextmanager
+def _registered(conn: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> Iterator[None]:
+    """The tables registered on the connection, while in the block."""
+    try:
+        for name, table in tables.items():
+            conn.register(name, table)
+        yield
     finally:
         for name in tables:
             conn.unregister(name)
-
-
-@contextmanager
-def _merged(conn: duckdb.DuckDBPyConnection, merge: ArrowMerge | None, tables: dict[str, pa.Table]) -> Iterator[None]:
-    """The merge's result registered as its table, while in the block."""
-    if merge is None:
-        yield
-        return
-    fragments = tables[merge.fragments] if merge.fragments in tables else conn.sql(merge.fragments).to_arrow_table()
-    members = None
-    if merge.members is not None:
-        members = (tables[merge.members] if merge.members in tables else
-                   conn.sql(f"SELECT _group, ns, id FROM {merge.members}").to_arrow_table())
-    conn.register(merge.name, merge_table(fragments, merge.structure, merge_slots(merge.structure), merge.rule,
-                                          members=members))
-    del fragments, members
-    try:
-        yield
-    finally:
-        conn.unregister(merge.name)
 
 
 @dataclass
@@ -528,34 +527,51 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
     scratch = query.scratch if query.scratch is not None else Path(tempfile.mkdtemp(prefix="openprofile-export-"))
 
     def streams() -> Generator[tuple[pa.RecordBatchReader, _EventLists | None], None, None]:
-        for part in whole.parts:
-            profiles_conn = conn
-            readers: list[pa.RecordBatchReader] = []
-            try:
-                with _slice_tables(conn, whole, part.slice) as tables, _merged(conn, part.merge, tables):
-                    for statement in part.setup:
-                        conn.execute(statement)
-                    if part.profiles is None:
-                        continue
-                    events = None
-                    if part.events is not None:
-                        # The rows (a table) stream from a second connection, in step with their events from this
-                        # one (which sees the slice's tables).
-                        profiles_conn = conn.cursor()
-                        result.cursors.append(profiles_conn)
-                        readers.append(conn.sql(part.events).to_arrow_reader(BATCH_ROWS))
-                        events = _EventLists(readers[-1], scratch / f"events-{len(readers)}")
-                    readers.append(profiles_conn.sql(part.profiles).to_arrow_reader(
-                        BATCH_ROWS if part.events is None else EVENT_BATCH_ROWS))
-                    yield readers[-1], events
-            finally:
-                for reader in readers:
-                    reader.close()
-                if profiles_conn is not conn:
-                    result.cursors.remove(profiles_conn)
-                    profiles_conn.close()
-                for statement in part.cleanup:
+        # A sliced part's tables (its slices, its merge) are made on a thread, the next part's while this one's
+        # rows are written: the merge is single-threaded numpy and Arrow.
+        loader = ThreadPoolExecutor(max_workers=1)
+        upcoming: Future[dict[str, pa.Table]] | None = None
+        try:
+            for number, part in enumerate(whole.parts):
+                tables = upcoming.result() if upcoming is not None else _part_tables(whole, part, conn)
+                following = whole.parts[number + 1] if number + 1 < len(whole.parts) else None
+                upcoming = (loader.submit(_part_tables, whole, following)
+                            if following is not None and following.slice is not None else None)
+                yield from part_stream(part, tables)
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+            loader.shutdown(wait=True)
+
+    def part_stream(part: ExportPart,
+                    tables: dict[str, pa.Table]) -> Generator[tuple[pa.RecordBatchReader, _EventLists | None]]:
+        profiles_conn = conn
+        readers: list[pa.RecordBatchReader] = []
+        try:
+            with _registered(conn, tables):
+                for statement in part.setup:
                     conn.execute(statement)
+                if part.profiles is None:
+                    return
+                events = None
+                if part.events is not None:
+                    # The rows (a table) stream from a second connection, in step with their events from this
+                    # one (which sees the slice's tables).
+                    profiles_conn = conn.cursor()
+                    result.cursors.append(profiles_conn)
+                    readers.append(conn.sql(part.events).to_arrow_reader(BATCH_ROWS))
+                    events = _EventLists(readers[-1], scratch / f"events-{len(readers)}")
+                readers.append(profiles_conn.sql(part.profiles).to_arrow_reader(
+                    BATCH_ROWS if part.events is None else EVENT_BATCH_ROWS))
+                yield readers[-1], events
+        finally:
+            for reader in readers:
+                reader.close()
+            if profiles_conn is not conn:
+                result.cursors.remove(profiles_conn)
+                profiles_conn.close()
+            for statement in part.cleanup:
+                conn.execute(statement)
 
     try:
         started = time.perf_counter()
