@@ -77,15 +77,19 @@ def _order(*keys: Ints | pa.Array) -> Ints:
                       dtype=np.int64)
 
 
-def _run_starts(*keys: Ints) -> Ints:
-    """Where runs of equal keys start in rows sorted by them."""
+def _run_starts(*keys: Ints | pa.Array) -> Ints:
+    """Where runs of equal keys start in rows sorted by them (numbers, or strings with NULL as '')."""
     length = len(keys[0]) if keys else 0
     if length == 0:
         return np.empty(0, np.int64)
     change = np.zeros(length, dtype=bool)
     change[0] = True
     for key in keys:
-        change[1:] |= key[1:] != key[:-1]
+        if isinstance(key, np.ndarray):
+            change[1:] |= key[1:] != key[:-1]
+        else:
+            key = pc.fill_null(key, "")
+            change[1:] |= np.asarray(pc.not_equal(key.slice(1), key.slice(0, length - 1)), dtype=bool)
     return np.flatnonzero(change)
 
 
@@ -247,12 +251,11 @@ def _merge_identity_map(fragments: _Fragments, values: pa.Array) -> tuple[pa.Arr
     kept = _valid(ids) & np.asarray(pc.fill_null(pc.not_equal(ids, ""), False), dtype=bool)
     items_at, groups, ranks = items_at[kept], groups[kept], ranks[kept]
     ids, namespaces = ids.filter(pa.array(kept)), namespaces.filter(pa.array(kept))
-    ns_ranks, id_ranks = _codes(namespaces), _codes(ids)
     order = _order(groups, namespaces, ids, ranks)
-    items_at, groups, ns_ranks, id_ranks = items_at[order], groups[order], ns_ranks[order], id_ranks[order]
+    items_at, groups = items_at[order], groups[order]
     taken = pa.array(order, type=pa.int64())
     ids, namespaces = ids.take(taken), namespaces.take(taken)
-    runs = _run_starts(groups, ns_ranks, id_ranks)
+    runs = _run_starts(groups, namespaces, ids)
     first = pa.array(runs, type=pa.int64())
     primary = np.zeros(len(runs), dtype=bool)
     merged_fields: list[pa.Array] = []
@@ -272,9 +275,9 @@ def _merge_identity_map(fragments: _Fragments, values: pa.Array) -> tuple[pa.Arr
             last = _last_valid(_valid(values_at), runs)
             merged_fields.append(_take(values_at, np.maximum(last, 0), last < 0))
     items = pa.StructArray.from_arrays(merged_fields, fields=list(item_type))
-    run_groups, run_ns_ranks = groups[runs], ns_ranks[runs]
+    run_groups = groups[runs]
     run_namespaces = namespaces.take(first)
-    per_namespace = _run_starts(run_groups, run_ns_ranks)
+    per_namespace = _run_starts(run_groups, run_namespaces)
     item_lists = pa.ListArray.from_arrays(_offsets(per_namespace, len(runs)), items, type=lists.type)
     map_groups = run_groups[per_namespace]
     per_group = _run_starts(map_groups)
@@ -307,7 +310,8 @@ def _identity_lists(count: int, identities: Identities, members: pa.Table | None
         primary = np.concatenate([primary, np.zeros(len(groups) - len(primary), dtype=bool)])
     first, second = (ids, namespaces) if members is not None else (namespaces, ids)
     order = _order(groups, first, second, ~primary)
-    distinct = order[_run_starts(groups[order], _codes(first)[order], _codes(second)[order])]
+    taken = pa.array(order, type=pa.int64())
+    distinct = order[_run_starts(groups[order], first.take(taken), second.take(taken))]
     picked = pa.array(distinct, type=pa.int64())
     items = pa.StructArray.from_arrays(
         [ids.take(picked), pa.StructArray.from_arrays([namespaces.take(picked)], names=["code"]),
