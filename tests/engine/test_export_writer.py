@@ -155,3 +155,19 @@ def test_a_sliced_export_writes_the_same_rows(tmp_path: Path) -> None:
             got.append(sorted(rows(out, written), key=lambda r: str(r["person"])))
             assert not (tmp_path / "scratch").exists()
         assert got[0] == got[1] and len(got[0]) == 40
+
+
+def test_an_interrupted_export_stops_between_slices(tmp_path: Path) -> None:
+    """A cancel that lands while no query runs (a slice being merged on Arrow arrays) still stops the batch."""
+    conn = duckdb.connect()
+    conn.execute("""CREATE TABLE crm AS SELECT 'g' || (range % 40)::VARCHAR AS _group, 'crm' AS _dataset,
+                    1000 + range AS _ingest_ms, 'b' AS _batch, {'name': 'n' || range::VARCHAR} AS person
+                    FROM range(100)""")
+    plan = ExportPlan([FragmentSource("crm", "crm", {"person": {"struct": {"name": "VARCHAR"}}})],
+                      MergeRule("timestampOrdered"), slices=3)
+    written = WrittenBatch()
+    written.interrupted.set()
+    with pytest.raises(duckdb.InterruptException):
+        write_parquet(conn, export_query(plan, scratch=tmp_path / "scratch"), tmp_path / "out", rows_per_file=1000,
+                      result=written)
+    assert written.rows == 0 and not (tmp_path / "scratch").exists()

@@ -20,8 +20,8 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openprofile.engine.merge import FragmentSource, MergeRule, merge_sql, merged_structure
 from openprofile.engine.export import with_cluster_identities
+from openprofile.engine.merge import FragmentSource, MergeRule, merge_sql, merged_structure
 from openprofile.engine.merge_arrow import merge_arrow
 from openprofile.engine.structure import Structure, TypeNode, to_arrow_type
 
@@ -320,5 +320,6 @@ def test_arrow_merge_with_cluster_members_equals_the_sql_merge(case: Scenario, m
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Arrow output on a DB-API result", category=UserWarning)
             arrow = CON.execute(with_cluster_identities(merge_sql(sources, rule), "prop_members")).to_arrow_table()
+        assert arrow is not None
         arrow = arrow.drop_columns(["__s"])  # with_cluster_identities' sort key, which exports do not select
         assert arrow_merge(sources, rule, None, members="prop_members") == _by_group(arrow)

@@ -426,6 +426,8 @@ class WrittenBatch:
     write_ms: float = 0.0
     schema: pa.Schema | None = None
     cursors: list[duckdb.DuckDBPyConnection] = field(default_factory=list)  # also running this batch's queries
+    interrupted: threading.Event = field(default_factory=threading.Event)
+    """Set (with the connections interrupted) to stop the batch: checked between parts, where no query runs."""
 
 
 EVENT_BUCKET_ROWS = 32_768
@@ -534,6 +536,8 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
         try:
             for number, part in enumerate(whole.parts):
                 tables = upcoming.result() if upcoming is not None else _part_tables(whole, part, conn)
+                if result.interrupted.is_set():
+                    raise duckdb.InterruptException("INTERRUPT Error: the export was interrupted")
                 following = whole.parts[number + 1] if number + 1 < len(whole.parts) else None
                 upcoming = (loader.submit(_part_tables, whole, following)
                             if following is not None and following.slice is not None else None)

@@ -99,6 +99,7 @@ def _watch(platform: Platform, job: jobs.ExportJob, conn: duckdb.DuckDBPyConnect
             cancelled.set()
             conn.interrupt()
             for written in progress:
+                written.interrupted.set()
                 for cursor in list(written.cursors):
                     cursor.interrupt()
             return
@@ -214,6 +215,8 @@ def _execute(platform: Platform, job: jobs.ExportJob) -> dict[str, tuple[Written
         else:
             targets = [(job.destination["batchId"], None)]
         for batch_id, segment in targets:
+            if cancelled.is_set():
+                raise JobCancelled
             if not plan.sources and plan.events is None:
                 raise JobFailed("EXPORT_NO_DATA", "No profile-enabled dataset has data for this merge policy yet.")
             staged = platform.lake.staging_dir(batch_id)
