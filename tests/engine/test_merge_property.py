@@ -1,4 +1,4 @@
-"""Property test: the SQL merge equals a plain Python reference merge on random fragment sets.
+"""Property test: the SQL merge and the Arrow merge each equal a plain Python reference merge on random fragment sets.
 
 The reference below is written from the contract (the `openprofile.engine.merge` docstring), not from the SQL:
 rank a group's fragments best first, then for every leaf take the first non-null value, merge maps key by
@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -280,26 +282,20 @@ def _py(value: Any, t: pa.DataType) -> Any:
     return value
 
 
+Merge = Callable[[list[FragmentSource], MergeRule, str | None], dict[str, dict[str, Any]]]
+
+
+@pytest.mark.parametrize("merge", [sql_merge, arrow_merge], ids=["sql", "arrow"])
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenario())
-def test_sql_merge_equals_the_reference(case: Scenario) -> None:
+@given(case=scenario())
+def test_merge_equals_the_reference(merge: Merge, case: Scenario) -> None:
+    """Both merges — `merge_sql` (lookups, segment jobs) and `merge_arrow` (exports) — equal the reference."""
     sources, fragments, precedence, group = case
     structure = merged_structure(sources)
     for rule in (MergeRule("timestampOrdered"), precedence):
-        assert sql_merge(sources, rule, None) == reference_merge(fragments, structure, rule, None)
+        assert merge(sources, rule, None) == reference_merge(fragments, structure, rule, None)
         where = f"_group = '{group}'"
-        assert sql_merge(sources, rule, where) == reference_merge(fragments, structure, rule, group)
-
-
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenario())
-def test_arrow_merge_equals_the_reference(case: Scenario) -> None:
-    sources, fragments, precedence, group = case
-    structure = merged_structure(sources)
-    for rule in (MergeRule("timestampOrdered"), precedence):
-        assert arrow_merge(sources, rule, None) == reference_merge(fragments, structure, rule, None)
-        where = f"_group = '{group}'"
-        assert arrow_merge(sources, rule, where) == reference_merge(fragments, structure, rule, group)
+        assert merge(sources, rule, where) == reference_merge(fragments, structure, rule, group)
 
 
 MEMBERS = st.lists(st.fixed_dictionaries({
