@@ -8,9 +8,9 @@ and the merge itself is vectorised numpy over them: one sort of the fragments by
 leaf the last non-NULL value of each group's run (`np.maximum.reduceat`) taken in one `take`. Maps and the
 identity map are exploded into (group, key path) rows, sorted once, and folded back from offsets.
 
-`merge_sql` stays the merge of lookups, segment jobs and previews, and the merge's SQL for an engine that
-is not embedded (Spark runs `merge_sql`): this is the one step of the export plan that the embedded engine
-does not run as SQL, a departure from DESIGN.md's "one plan compiled to SQL" taken for speed (the export took
+`merge_sql` stays the merge of lookups, segment jobs and previews, and the merge any other engine would
+compile (there is no scale-out engine yet): this is the one step of the export plan that DuckDB does not run
+as SQL, a departure from DESIGN.md's "one plan compiled to SQL" taken for speed (the export took
 about 20% less time). The property test holds both merges to one reference, so they cannot drift apart.
 
 The output has `merge_sql`'s columns, in its order, and the values it gives, including the
