@@ -313,7 +313,8 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
     namespace = ("coalesce(list_filter(m.\"identities\", lambda i: i.\"primary\")[1], "
                  "m.\"identities\"[1]).namespace.code AS __ns")
 
-    def merged(_: str, members: str | None, memberships: str | None) -> str:
+    def merged(_fragments: str, members: str | None, memberships: str | None) -> str:
+        """The part's merged rows (its fragments are the ArrowMerge's), with members and memberships."""
         sql = f"SELECT * FROM {merged_name}"  # the ArrowMerge's, cluster identities included
         if joins_events:
             sql = merge_sql(plan.sources, plan.rule)

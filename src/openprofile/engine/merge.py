@@ -116,7 +116,7 @@ __all__ = [
     "SYSTEM_OUTPUT_COLUMNS",
     "FragmentSource",
     "MergeRule",
-    "SlotInfo",
+    "Slot",
     "fragment_rows_sql",
     "merge_slots",
     "merge_sql",
@@ -199,7 +199,7 @@ def _record_columns(structure: Structure) -> Structure:
 
 
 @dataclass(frozen=True)
-class _Slot:
+class Slot:
     """A part of the merged structure merged as a unit: a leaf, a map (with `depth` levels of nested map
     keys merged per key path) or the identity map."""
 
@@ -210,11 +210,7 @@ class _Slot:
     depth: int = 0
 
 
-SlotInfo = _Slot
-"""A slot of the merged structure, for merges other than `merge_sql` (`merge_arrow`)."""
-
-
-def merge_slots(structure: Structure) -> list[_Slot]:
+def merge_slots(structure: Structure) -> list[Slot]:
     """The merged structure's slots, in `merge_sql`'s order, with its column aliases."""
     return list(_slots(structure))
 
@@ -229,16 +225,16 @@ def _is_identity_map(name: str, node: TypeNode) -> bool:
     return isinstance(item, dict) and "struct" in item and item["struct"].get("id") == "VARCHAR"
 
 
-def _slots(structure: Structure) -> Iterator[_Slot]:
+def _slots(structure: Structure) -> Iterator[Slot]:
     counter = iter(range(1 << 30))
     for name, node in structure.items():
         if _is_identity_map(name, node):
-            yield _Slot("identityMap", (name,), node, "__idm")
+            yield Slot("identityMap", (name,), node, "__idm")
         else:
             yield from _node_slots((name,), node, counter)
 
 
-def _node_slots(path: tuple[str, ...], node: TypeNode, counter: Iterator[int]) -> Iterator[_Slot]:
+def _node_slots(path: tuple[str, ...], node: TypeNode, counter: Iterator[int]) -> Iterator[Slot]:
     if isinstance(node, dict) and "struct" in node:
         for name, child in node["struct"].items():
             yield from _node_slots((*path, name), child, counter)
@@ -246,9 +242,9 @@ def _node_slots(path: tuple[str, ...], node: TypeNode, counter: Iterator[int]) -
         depth, value = 1, node["map"]
         while isinstance(value, dict) and "map" in value:
             depth, value = depth + 1, value["map"]
-        yield _Slot("map", path, node, f"__m{next(counter)}", depth)
+        yield Slot("map", path, node, f"__m{next(counter)}", depth)
     else:
-        yield _Slot("leaf", path, node, f"__l{next(counter)}")
+        yield Slot("leaf", path, node, f"__l{next(counter)}")
 
 
 def _source_node(structure: Structure, path: tuple[str, ...]) -> TypeNode | None:
@@ -327,7 +323,7 @@ def _precedence_order(rule: MergeRule) -> str:
 
 
 def _fragments_select(
-    source: FragmentSource | None, slots: list[_Slot], rule: MergeRule, where: str | None, *, packed: bool = True
+    source: FragmentSource | None, slots: list[Slot], rule: MergeRule, where: str | None, *, packed: bool = True
 ) -> str:
     """One source's fragments as the common fragment columns (or a typed empty relation for None)."""
     if source is None:
@@ -393,7 +389,7 @@ def _winner(value: str) -> str:
     return f"arg_max({value}, __rk) FILTER (WHERE {value} IS NOT NULL)"
 
 
-def _count_alias(slot: _Slot) -> str:
+def _count_alias(slot: Slot) -> str:
     return f"{slot.alias}_n"
 
 
@@ -411,7 +407,7 @@ def _normalized_map(expr: str, depth: int, level: int = 1) -> str:
             f"CASE WHEN len(__l{level}) > 0 THEN map_from_entries(list_sort(__l{level})) END)[1]")
 
 
-def _map_ctes(slot: _Slot) -> list[tuple[str, str]]:
+def _map_ctes(slot: Slot) -> list[tuple[str, str]]:
     """CTEs merging one map slot key path by key path, for the groups where several fragments have the map;
     the last one is (slot.alias, [_group, alias])."""
     name = slot.alias
@@ -453,7 +449,7 @@ def _map_ctes(slot: _Slot) -> list[tuple[str, str]]:
     return ctes
 
 
-def _identity_ctes(slot: _Slot) -> list[tuple[str, str]]:
+def _identity_ctes(slot: Slot) -> list[tuple[str, str]]:
     """CTEs for the identity map union and the ``identities`` list: ``__idm`` with (_group, __idm, __ids)."""
     assert isinstance(slot.node, dict)
     item = slot.node["map"]["list"]["struct"]
@@ -540,7 +536,7 @@ def merge_sql(sources: list[FragmentSource], rule: MergeRule, *, where: str | No
     aggregates = ["_group"]
     refs: dict[tuple[str, ...], str] = {}
     joins: list[str] = []
-    identity_slot: _Slot | None = None
+    identity_slot: Slot | None = None
     for slot in slots:
         if slot.kind == "leaf":
             aggregates.append(f"{_winner(slot.alias)} AS {slot.alias}")

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from openprofile.engine.merge import (
     FragmentSource,
     MergeRule,
-    SlotInfo,
+    Slot,
     fragment_rows_sql,
     merge_slots,
     merged_structure,
@@ -63,14 +63,6 @@ def _ranks(array: pa.Array) -> Ints:
     encoded = pc.dictionary_encode(array)
     ranks = np.asarray(pc.rank(encoded.dictionary, sort_keys="ascending", tiebreaker="dense"), dtype=np.int64)
     return ranks[np.asarray(encoded.indices, dtype=np.int64)]
-
-
-def _codes(array: pa.Array) -> Ints:
-    """A number per distinct value (NULL as the empty string), in no particular order: for telling runs of
-    sorted values apart."""
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-        array = pc.fill_null(array, "")
-    return np.asarray(pc.dictionary_encode(array).indices, dtype=np.int64)
 
 
 def _order(*keys: Ints | pa.Array) -> Ints:
@@ -219,20 +211,18 @@ def _merge_map(fragments: _Fragments, values: pa.Array, depth: int) -> pa.Array:
         keys = [k.filter(pa.array(kept)) for k in keys]
         if number + 1 < depth:
             types.append(level.type)
-    key_ranks = [_codes(k) for k in keys]
     order = _order(groups, *keys, ranks)
-    path = [groups[order], *(r[order] for r in key_ranks)]
-    ends = np.append(_run_starts(*path)[1:], len(order)) - 1 if len(order) else np.empty(0, np.int64)
+    taken = pa.array(order, type=pa.int64())
+    keys = [k.take(taken) for k in keys]
+    ends = np.append(_run_starts(groups[order], *keys)[1:], len(order)) - 1 if len(order) else np.empty(0, np.int64)
     chosen = order[ends]
     merged: pa.Array = level.take(pa.array(rows[chosen], type=pa.int64()))
     groups = groups[chosen]
-    key_ranks = [r[chosen] for r in key_ranks]
-    keys = [k.take(pa.array(chosen, type=pa.int64())) for k in keys]
+    keys = [k.take(pa.array(ends, type=pa.int64())) for k in keys]
     for number in range(depth - 1, -1, -1):
-        starts = _run_starts(groups, *key_ranks[:number])
+        starts = _run_starts(groups, *keys[:number])
         merged = pa.MapArray.from_arrays(_offsets(starts, len(groups)), keys[number], merged, type=types[number])
         groups = groups[starts]
-        key_ranks = [r[starts] for r in key_ranks[:number]]
         keys = [k.take(pa.array(starts, type=pa.int64())) for k in keys[:number]]
     return _scatter(merged, groups, fragments.count)
 
@@ -336,7 +326,7 @@ def _struct(path: tuple[str, ...], node: TypeNode, merged: dict[tuple[str, ...],
     return pa.StructArray.from_arrays(children, names=list(node["struct"]), mask=pa.array(all_null))
 
 
-def merge_table(fragments: pa.Table, structure: Structure, slots: list[SlotInfo], rule: MergeRule, *,
+def merge_table(fragments: pa.Table, structure: Structure, slots: list[Slot], rule: MergeRule, *,
                 members: pa.Table | None = None) -> pa.Table:
     """Fragment rows (`fragment_rows_sql`'s columns) → one merged row per group, `merge_sql`'s columns; with
     `members`, `identities` lists each group's whole cluster (`_identity_lists`)."""
