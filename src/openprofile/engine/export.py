@@ -46,7 +46,16 @@ from openprofile.engine.merge import (
     profile_structure,
 )
 from openprofile.engine.merge_arrow import merge_table
-from openprofile.engine.profile_store import DatasetFiles, StoreFiles, indexed_rows
+from openprofile.engine.profile_store import (
+    FRAGMENTS_PER_PARTITION,
+    DatasetFiles,
+    StoreFiles,
+    indexed_rows,
+    partition_count,
+    partition_of,
+    write_split,
+)
+from openprofile.engine.profiles import Partition
 from openprofile.engine.structure import Structure, TypeNode, quote_identifier, to_duckdb_type
 
 BATCH_ROWS = 65_536
@@ -55,6 +64,8 @@ EVENT_BATCH_ROWS = 16_384
 ROW_GROUP_ROWS = 16_384
 WRITER_LANES = 2
 """Parquet files written at the same time (each batch goes to one of them)."""
+LOADERS = 2
+"""Slices loaded and merged at the same time, ahead of the one being written."""
 
 
 def _quote(value: str) -> str:
@@ -93,6 +104,7 @@ class ExportPlan:
     events: EventPlan | None = None
     slices: int = 1  # the profiles are merged in this many slices of their groups (`slice_count`)
     memberships: Path | None = None  # the merge policy's current segment memberships (segment jobs' output)
+    partitions: list[Partition] | None = None  # `sources` as the store keeps them by cluster (stitched merges)
 
 
 SEGMENT_MEMBERSHIP: TypeNode = {"map": {"map": {"struct": {"status": "VARCHAR",
@@ -189,6 +201,11 @@ def members_relation(members: Path) -> str:
     return f"(SELECT replace(cluster::VARCHAR, '-', '') AS _group, ns, id FROM read_parquet('{members}'))"
 
 
+def _members_part(partition: Partition) -> str:
+    """A partition's members as (_group, ns, id), as `members_relation` gives the whole index."""
+    return f"(SELECT _group, ns, id FROM read_parquet({_quote(str(partition.members))}))"
+
+
 def with_cluster_identities(merged: str, members: str | Path) -> str:
     """A stitched profile's `identities` are every identity of its cluster (aep-semantics §2.5), not only those
     its record fragments name: members the fragments do not name are added, not primary. The list is ordered
@@ -252,14 +269,14 @@ class ExportQuery:
     scratch: Path | None = None
 
 
-FRAGMENTS_PER_SLICE = 400_000
-"""Fragments merged at a time: a larger export is merged in slices of its groups (`slice_count`). DuckDB's
-memory for a merge grows with the fragments merged at once, and its time faster than linearly."""
+FRAGMENTS_PER_SLICE = FRAGMENTS_PER_PARTITION
+"""Fragments merged at a time: a larger export is merged in slices of its groups (`slice_count`), the store's
+partitions when it has them. Memory for a merge grows with the fragments merged at once."""
 
 
 def slice_count(fragments: int) -> int:
     """How many slices to merge `fragments` fragments in."""
-    return max(1, -(-fragments // FRAGMENTS_PER_SLICE))
+    return partition_count(fragments)
 
 
 def _slice_table(name: str, number: int) -> str:
@@ -276,7 +293,11 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
     structure = output_structure(plan)
     segments = (only_segment,) if only_segment else plan.segments
     joins_events = plan.events is not None and plan.empty_profiles and not segments
+    partitioned = plan.partitions is not None and scratch is not None and not joins_events
     slices = plan.slices if scratch is not None and not joins_events else 1
+    if partitioned:
+        assert plan.partitions is not None
+        slices = len(plan.partitions)
     members = members_relation(plan.members) if plan.members is not None else None
     merged_columns = profile_structure(plan.sources)
     computed = (memberships_relation(plan.memberships) if plan.memberships is not None and (
@@ -287,7 +308,20 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
     merged_name = f"{table}_merged"
     # (fragment rows, members, memberships) of each part
     parts: list[tuple[str, str | None, str | None]] = [(fragments, members, computed)]
-    if slices > 1:
+    if partitioned and slices > 1:
+        # The store keeps the fragments and members by cluster already: only computed memberships are split.
+        assert plan.partitions is not None
+        prefix = f"{table}_slice"
+        if computed is not None:
+            partitions.append((computed, f"{prefix}_s"))
+        parts = [(fragment_rows_sql(p.sources, plan.rule), _members_part(p) if members is not None else None,
+                  _slice_table(f"{prefix}_s", k) if computed is not None else None)
+                 for k, p in enumerate(plan.partitions)]
+    elif partitioned:
+        assert plan.partitions is not None
+        parts = [(fragment_rows_sql(plan.partitions[0].sources, plan.rule),
+                  _members_part(plan.partitions[0]) if members is not None else None, computed)]
+    elif slices > 1:
         assert scratch is not None
         prefix = f"{table}_slice"
         partitions.append((f"({fragments})", f"{prefix}_f"))
@@ -356,34 +390,16 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
 
 
 def _split(conn: duckdb.DuckDBPyConnection, relation: str, name: str, slices: int, scratch: Path) -> None:
-    """Write the relation's rows that have a `_group` into `slices` Arrow IPC files, by ``hash(_group) %
-    slices``: each batch sorted by slice once, then cut (DuckDB's own partitioned Parquet writer costs several
-    times more on nested columns)."""
+    """Write the relation's rows that have a `_group` into `slices` Arrow IPC files, by the store's partition of
+    their group (`partition_of`), so that slice k goes with the store's partition k."""
     scratch.mkdir(parents=True, exist_ok=True)
-    reader = conn.sql(f"SELECT *, CAST(hash(_group) % {int(slices)} AS INTEGER) AS __slice FROM {relation} "
-                      "WHERE _group IS NOT NULL").to_arrow_reader(BATCH_ROWS)
-    schema = reader.schema.remove(reader.schema.get_field_index("__slice"))
-    writers = [ipc.new_file(scratch / f"{_slice_table(name, k)}.arrow", schema) for k in range(slices)]
-    try:
-        for batch in reader:
-            slice_of = batch.column("__slice").to_numpy()
-            order = np.argsort(slice_of, kind="stable")
-            ends = np.cumsum(np.bincount(slice_of, minlength=slices))
-            rows = pa.RecordBatch.from_arrays(
-                [batch.column(f.name) for f in schema], schema=schema).take(pa.array(order))
-            for k, writer in enumerate(writers):
-                start = int(ends[k - 1]) if k else 0
-                if ends[k] > start:
-                    writer.write_batch(rows.slice(start, int(ends[k]) - start))
-    finally:
-        for writer in writers:
-            writer.close()
+    write_split(conn, f"SELECT *, {partition_of('_group', slices)} AS __part FROM {relation} WHERE _group IS NOT NULL",
+                slices, lambda k, schema: ipc.new_file(scratch / f"{_slice_table(name, k)}.arrow", schema))
 
 
-def _part_tables(query: ExportQuery, part: ExportPart,
-                 conn: duckdb.DuckDBPyConnection | None = None) -> dict[str, pa.Table]:
+def _part_tables(query: ExportQuery, part: ExportPart, conn: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
     """The tables a part reads, by name: slice `part.slice` of each partition (memory-mapped) and its merge's
-    result. Without `conn` (on another thread) only for a sliced part: an unsliced merge reads on `conn`."""
+    result, its fragments and members read on `conn` when they are queries (the store's partitions)."""
     tables: dict[str, pa.Table] = {}
     if part.slice is not None:
         assert query.scratch is not None
@@ -395,7 +411,6 @@ def _part_tables(query: ExportQuery, part: ExportPart,
         def read(relation: str, sql: str) -> pa.Table:
             if relation in tables:
                 return tables[relation]
-            assert conn is not None
             return conn.sql(sql).to_arrow_table()
 
         fragments = read(merge.fragments, merge.fragments)
@@ -530,23 +545,30 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
     scratch = query.scratch if query.scratch is not None else Path(tempfile.mkdtemp(prefix="openprofile-export-"))
 
     def streams() -> Generator[tuple[pa.RecordBatchReader, _EventLists | None], None, None]:
-        # A sliced part's tables (its slices, its merge) are made on a thread, the next part's while this one's
-        # rows are written: the merge is single-threaded numpy and Arrow.
-        loader = ThreadPoolExecutor(max_workers=1)
-        upcoming: Future[dict[str, pa.Table]] | None = None
+        # Sliced parts' tables (their slices, their merges) are made on `LOADERS` threads, each with its own
+        # connection, the next parts' while this one's rows are written: the merge is single-threaded numpy.
+        loader = ThreadPoolExecutor(max_workers=LOADERS)
+        cursors = [conn.cursor() for _ in range(LOADERS)]  # a connection serves one thread at a time
+        result.cursors.extend(cursors)
+        upcoming: dict[int, Future[dict[str, pa.Table]]] = {}
         try:
             for number, part in enumerate(whole.parts):
-                tables = upcoming.result() if upcoming is not None else _part_tables(whole, part, conn)
+                for ahead in range(number + 1, min(number + 1 + LOADERS, len(whole.parts))):
+                    if ahead not in upcoming and whole.parts[ahead].slice is not None:
+                        upcoming[ahead] = loader.submit(_part_tables, whole, whole.parts[ahead],
+                                                        cursors[ahead % LOADERS])
+                loaded = upcoming.pop(number, None)
+                tables = loaded.result() if loaded is not None else _part_tables(whole, part, conn)
                 if result.interrupted.is_set():
                     raise duckdb.InterruptException("INTERRUPT Error: the export was interrupted")
-                following = whole.parts[number + 1] if number + 1 < len(whole.parts) else None
-                upcoming = (loader.submit(_part_tables, whole, following)
-                            if following is not None and following.slice is not None else None)
                 yield from part_stream(part, tables)
         finally:
-            if upcoming is not None:
-                upcoming.cancel()
+            for future in upcoming.values():
+                future.cancel()
             loader.shutdown(wait=True)
+            for cursor in cursors:
+                result.cursors.remove(cursor)
+                cursor.close()
 
     def part_stream(part: ExportPart,
                     tables: dict[str, pa.Table]) -> Generator[tuple[pa.RecordBatchReader, _EventLists | None]]:

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from openprofile.engine.merge import FragmentSource
-from openprofile.engine.profile_store import DatasetFiles, StoreFiles, indexed_rows
+from openprofile.engine.profile_store import DatasetFiles, Partitions, StoreFiles, indexed_rows
 from openprofile.engine.structure import Structure, quote_identifier, to_duckdb_type
 
 
@@ -206,6 +206,31 @@ def fragment_sources(view: StoreView, datasets: dict[str, DatasetFiles], *, stit
             relation = f"(SELECT *, replace(_xid::VARCHAR, '-', '') AS _group, {name} AS _dataset FROM {rows})"
         sources.append(FragmentSource(dataset_id, relation, entry.structure))
     return sources
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition of the store's fragments grouped by cluster (`profile_store.Partitions`), as a stitched
+    merge reads it: its fragment sources (`_group` the cluster key; oversized clusters left out) and its slice
+    of the members index."""
+
+    sources: list[FragmentSource]
+    members: Path
+
+
+def partitioned_sources(view: StoreView, partitions: Partitions, datasets: dict[str, DatasetFiles], *,
+                        max_cluster_size: int | None = None) -> list[Partition]:
+    """`fragment_sources(stitched=True)` of `datasets`, one list per partition of the store."""
+    limit = f"WHERE _cluster_size <= {int(max_cluster_size)}" if max_cluster_size else ""
+    return [
+        Partition([FragmentSource(
+            dataset_id, f"(SELECT * EXCLUDE (_cluster, _cluster_size), replace(_cluster::VARCHAR, '-', '') AS _group, "
+                        f"{_quote(dataset_id)} AS _dataset FROM read_parquet({_quote(str(view.files.path(files[k])))}) "
+                        f"{limit})", entry.structure)
+                   for dataset_id, entry in datasets.items() for files in [partitions.datasets[dataset_id]]],
+                  view.files.path(partitions.members[k]))
+        for k in range(partitions.count)
+    ]
 
 
 def events_sql(view: StoreView, datasets: list[DatasetFiles], members: list[tuple[str, str, str]], *,

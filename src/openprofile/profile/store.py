@@ -30,7 +30,7 @@ from openprofile.core.tenancy import Tenant
 from openprofile.engine.export import event_relations
 from openprofile.engine.merge import FragmentSource, MergeRule
 from openprofile.engine.profile_store import BatchInput, DatasetFiles, Manifest, StoreFiles, Tombstone, apply_batches
-from openprofile.engine.profiles import StoreView, fragment_sources
+from openprofile.engine.profiles import Partition, StoreView, fragment_sources, partitioned_sources
 from openprofile.engine.structure import Structure, merge_structures
 from openprofile.identity.namespaces import xid
 from openprofile.profile import memberships
@@ -197,6 +197,7 @@ class MergeInputs:
     events: list[str]
     event_structure: Structure
     fragments: int  # index rows of the merged datasets: how many fragments the merge reads
+    partitions: list[Partition] | None = None  # under `pdg`: the sources as the store keeps them by cluster
 
 
 def merge_inputs(platform: Platform, snapshot: StoreSnapshot, policy: MergePolicy) -> MergeInputs:
@@ -215,7 +216,10 @@ def merge_inputs(platform: Platform, snapshot: StoreSnapshot, policy: MergePolic
                              identities=identities, max_cluster_size=limit) if entries else []
     members = snapshot.path(snapshot.manifest.members) if stitched and snapshot.manifest.members else None
     fragments = sum(pq.read_metadata(snapshot.path(f)).num_rows for entry in records.values() for f in entry.files)
-    return MergeInputs(rule, stitched, sources, members, events, structure, fragments)
+    stored = snapshot.manifest.partitions
+    partitions = (partitioned_sources(snapshot.view, stored, records, max_cluster_size=limit)
+                  if stitched and stored is not None and set(records) <= set(stored.datasets) else None)
+    return MergeInputs(rule, stitched, sources, members, events, structure, fragments, partitions)
 
 
 def snapshot(platform: Platform, tenant: Tenant) -> StoreSnapshot:
