@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 
 import duckdb
+import pytest
 
 from openprofile.core.platform import Platform
 from openprofile.core.tenancy import Tenant, find_sandbox
-from openprofile.engine.profile_store import indexed_rows
+from openprofile.engine import profile_store
+from openprofile.engine.profile_store import indexed_rows, partition_of
 from openprofile.identity.namespaces import xid
 from openprofile.profile import store
 from tests.conftest import ORG, Api
@@ -97,3 +99,59 @@ def test_rebuild_gives_the_same_store(api: Api, platform: Platform) -> None:
     assert store.rebuild(platform, tenant) == 2
     after = clusters(store.snapshot(platform, tenant))
     assert after == before
+
+
+def partition_rows(snapshot: store.StoreSnapshot, dataset_id: str) -> list[tuple[int, str, str, str]]:
+    """(partition, cluster key, identity id, first name) of a dataset's partitioned fragments."""
+    partitions = snapshot.manifest.partitions
+    assert partitions is not None
+    found = []
+    for k, name in enumerate(partitions.datasets[dataset_id]):
+        found += [(k, *r) for r in duckdb.sql(
+            f"SELECT replace(_cluster::VARCHAR, '-', ''), _identity_id, person.name.firstName "
+            f"FROM read_parquet('{snapshot.path(name)}')").fetchall()]
+    return found
+
+
+def test_partitions_keep_each_cluster_whole_and_are_remade_only_when_their_inputs_change(
+        api: Api, platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(profile_store, "FRAGMENTS_PER_PARTITION", 4)
+    crm, loyalty = create_dataset(api, "CRM"), create_dataset(api, "Loyalty")
+    ingest(api, crm, [profile(f"C{i}", f"p{i}@x.com", f"P{i}") for i in range(10)])
+    # loyalty records keyed by email: each joins the cluster of the crm record with that email
+    ingest(api, loyalty, [{"identityMap": {"email": [{"id": f"p{i}@x.com", "primary": True}]},
+                           "person": {"name": {"firstName": f"L{i}"}}} for i in range(0, 10, 2)])
+    snapshot = settled(platform, tenant_of(platform))
+    partitions = snapshot.manifest.partitions
+    assert partitions is not None and partitions.count == 4  # ceil(15 fragments / 4)
+    rows = partition_rows(snapshot, crm) + partition_rows(snapshot, loyalty)
+    assert len(rows) == 15
+    where: dict[str, set[int]] = {}
+    for k, cluster, _, _ in rows:
+        where.setdefault(cluster, set()).add(k)
+    assert len(where) == 10 and all(len(ks) == 1 for ks in where.values())
+    assert len({k for ks in where.values() for k in ks}) > 1
+    for cluster, ks in where.items():  # the partition is the one `partition_of` names, as for the members
+        expected = duckdb.sql(f"SELECT {partition_of(repr(cluster), 4)}").fetchall()[0][0]
+        assert ks == {expected}
+        members = duckdb.sql(f"SELECT count(*) FROM read_parquet('{snapshot.path(partitions.members[expected])}') "
+                             f"WHERE _group = '{cluster}'").fetchall()[0][0]
+        assert members == 2  # its CRMID and its email
+    assert {(i, n) for _, _, i, n in partition_rows(snapshot, crm)} == {(f"C{i}", f"P{i}") for i in range(10)}
+
+    # A newer record for a key the store has: no new identity, so only the crm partitions are remade.
+    ingest(api, crm, [profile("C3", "p3@x.com", "Renamed")])
+    later = settled(platform, tenant_of(platform))
+    assert later.manifest.partitions is not None and later.manifest.identities == snapshot.manifest.identities
+    assert later.manifest.partitions.datasets[loyalty] == partitions.datasets[loyalty]
+    assert later.manifest.partitions.members == partitions.members
+    assert set(later.manifest.partitions.datasets[crm]).isdisjoint(partitions.datasets[crm])
+    assert ("C3", "Renamed") in {(i, n) for _, _, i, n in partition_rows(later, crm)}
+    assert ("C3", "P3") not in {(i, n) for _, _, i, n in partition_rows(later, crm)}
+
+    # A new identity changes the clusters: everything is remade, and the old files are collected in time.
+    ingest(api, crm, [profile("C99", "p99@x.com", "New")])
+    newest = settled(platform, tenant_of(platform))
+    assert newest.manifest.partitions is not None
+    assert set(newest.manifest.partitions.files()).isdisjoint(later.manifest.partitions.files())
+    assert len(partition_rows(newest, crm)) == 11

@@ -254,6 +254,8 @@ class ExportPart:
     cleanup: tuple[str, ...] = ()
     slice: int | None = None
     merge: ArrowMerge | None = None
+    columns: tuple[str, ...] | None = None
+    """Instead of `profiles`: the rows are the merge's table's `columns` as they are, with `__ns` (no SQL pass)."""
 
 
 @dataclass(frozen=True)
@@ -355,6 +357,12 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
             sql = with_cluster_identities(sql, members) if members is not None else sql
         return with_memberships(sql, merged_columns, memberships) if overlay else sql
 
+    if plan.events is None and plan.paths is None and not conditions and not overlay and not joins_events:
+        # All fields, no filter: the merged rows are the batch's rows as they are.
+        return ExportQuery(tuple(ExportPart(None, slice=k if slices > 1 else None, merge=arrow_merges[k],
+                                            columns=tuple(structure))
+                                 for k in range(len(parts))),
+                           tuple(partitions), slices, scratch)
     if plan.events is None:
         return ExportQuery(tuple(ExportPart(f"SELECT {', '.join([*projection, namespace])} FROM ({merged(*part)}) m "
                                             f"{where}", slice=k if slices > 1 else None, merge=arrow_merges[k])
@@ -419,6 +427,28 @@ def _part_tables(query: ExportQuery, part: ExportPart, conn: duckdb.DuckDBPyConn
         tables[merge.name] = merge_table(fragments, merge.structure, merge_slots(merge.structure), merge.rule,
                                          members=members)
     return tables
+
+
+def _with_namespace(rows: pa.Table) -> pa.Table:
+    """The rows with `__ns`, the namespace of each row's primary identity (else its first): as the SQL path's
+    ``coalesce(list_filter(identities, primary)[1], identities[1]).namespace.code``."""
+    identities = rows.column("identities").combine_chunks()
+    items = identities.flatten()
+    parents = np.asarray(pc.list_parent_indices(identities), dtype=np.int64)
+    primary = np.flatnonzero(np.asarray(pc.fill_null(pc.struct_field(items, "primary"), False), dtype=bool))
+    chosen = np.full(len(identities), -1, dtype=np.int64)
+    # the first item of each row, then, where it has one, its first primary item (the later write wins)
+    for positions in (np.arange(len(parents)), primary):
+        owners, first = np.unique(parents[positions], return_index=True)
+        chosen[owners] = positions[first]
+    codes = pc.struct_field(items, ["namespace", "code"])
+    return rows.append_column("__ns", _take_or_null(codes, chosen))
+
+
+def _take_or_null(values: pa.Array, indices: npt.NDArray[np.int64]) -> pa.Array:
+    missing = indices < 0
+    return values.take(pa.array(np.where(missing, 0, indices), mask=missing)) if len(values) else pa.nulls(
+        len(indices), values.type)
 
 
 @contextmanager
@@ -578,6 +608,11 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
             with _registered(conn, tables):
                 for statement in part.setup:
                     conn.execute(statement)
+                if part.columns is not None:
+                    assert part.merge is not None
+                    rows = _with_namespace(tables[part.merge.name].select(list(part.columns)))
+                    yield pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches(BATCH_ROWS)), None
+                    return
                 if part.profiles is None:
                     return
                 events = None
