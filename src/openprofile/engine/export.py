@@ -577,16 +577,18 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
     def streams() -> Generator[tuple[pa.RecordBatchReader, _EventLists | None], None, None]:
         # Sliced parts' tables (their slices, their merges) are made on `LOADERS` threads, each with its own
         # connection, the next parts' while this one's rows are written: the merge is single-threaded numpy.
-        loader = ThreadPoolExecutor(max_workers=LOADERS)
-        cursors = [conn.cursor() for _ in range(LOADERS)]  # a connection serves one thread at a time
+        # With an event list, one: the events' sort is what bounds the export's memory then.
+        loaders = 1 if any(p.events is not None for p in whole.parts) else LOADERS
+        loader = ThreadPoolExecutor(max_workers=loaders)
+        cursors = [conn.cursor() for _ in range(loaders)]  # a connection serves one thread at a time
         result.cursors.extend(cursors)
         upcoming: dict[int, Future[dict[str, pa.Table]]] = {}
         try:
             for number, part in enumerate(whole.parts):
-                for ahead in range(number + 1, min(number + 1 + LOADERS, len(whole.parts))):
+                for ahead in range(number + 1, min(number + 1 + loaders, len(whole.parts))):
                     if ahead not in upcoming and whole.parts[ahead].slice is not None:
                         upcoming[ahead] = loader.submit(_part_tables, whole, whole.parts[ahead],
-                                                        cursors[ahead % LOADERS])
+                                                        cursors[ahead % loaders])
                 loaded = upcoming.pop(number, None)
                 tables = loaded.result() if loaded is not None else _part_tables(whole, part, conn)
                 if result.interrupted.is_set():

@@ -15,7 +15,15 @@ is derived (and rebuilt from the lake by `openprofile rebuild`): a *generation* 
 - per record file of a profile-record dataset, a *lookup copy* (`rows-*`): the lake file written again row
   for row in 2k-row groups, so that a lookup decodes a small row group instead of a 16k one (the index's
   `_rn` names the same row in both). Only lookups read copies; exports and scans read the lake. A copy is
-  written once per record file, and dropped when the fragment index no longer points into its file.
+  written once per record file, and dropped when the fragment index no longer points into its file;
+- the *partitions* (`Partitions`): the current fragments of every record dataset (the lake rows the fragment
+  indexes point at, with their cluster and its size) and the members index, grouped by identity cluster into
+  `count` partitions of at most `FRAGMENTS_PER_PARTITION` fragments, one Parquet file per dataset and
+  partition. A stitched export merges them one partition at a time as they are; without them it would join the
+  lake to the indexes and split the result by cluster itself, which was most of its time. They are remade at
+  the end of an apply: all of them when the identities (or the count) changed, else only the datasets whose
+  fragment index changed. Like the identity files and the fragment indexes, that is work in proportion to the
+  data, not to the batch.
 
 XIDs are the md5 of `lower(namespace):id`, kept as UUIDs (16 bytes: fast to join and sort, and written to
 Parquet losslessly); the API shows them as 32 hex digits.
