@@ -171,3 +171,21 @@ def test_an_interrupted_export_stops_between_slices(tmp_path: Path) -> None:
         write_parquet(conn, export_query(plan, scratch=tmp_path / "scratch"), tmp_path / "out", rows_per_file=1000,
                       result=written)
     assert written.rows == 0 and not (tmp_path / "scratch").exists()
+
+
+def test_the_namespace_counted_on_arrow_is_the_one_sql_counts(conn: duckdb.DuckDBPyConnection) -> None:
+    """All fields and no filter write the merged rows without SQL: `__ns` is computed on the Arrow side, and must
+    be what the SQL path's expression gives (the primary identity's namespace, else the first's, else NULL)."""
+    def item(ns: str, primary: bool | None) -> str:
+        return f"{{'id': 'x', 'namespace': {{'code': '{ns}'}}, 'primary': {'NULL' if primary is None else primary}}}"
+
+    lists = [f"[{item('email', False)}, {item('crmid', True)}, {item('phone', True)}]",
+             f"[{item('ecid', False)}, {item('email', None)}]", f"[{item('phone', None)}]", "[]", "NULL"]
+    table = conn.sql(" UNION ALL ".join(f"SELECT {k} AS k, {v} AS identities" for k, v in enumerate(lists))
+                     + " ORDER BY k").to_arrow_table()
+    conn.register("t", table)
+    expected = [r[0] for r in conn.execute(
+        "SELECT coalesce(list_filter(identities, lambda i: i.\"primary\")[1], identities[1]).namespace.code "
+        "FROM t ORDER BY k").fetchall()]
+    assert expected == ["crmid", "ecid", "phone", None, None]
+    assert export._with_namespace(table).column("__ns").to_pylist() == expected

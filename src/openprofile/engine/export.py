@@ -47,11 +47,9 @@ from openprofile.engine.merge import (
 )
 from openprofile.engine.merge_arrow import merge_table
 from openprofile.engine.profile_store import (
-    FRAGMENTS_PER_PARTITION,
     DatasetFiles,
     StoreFiles,
     indexed_rows,
-    partition_count,
     partition_of,
     write_split,
 )
@@ -102,7 +100,7 @@ class ExportPlan:
     from_ingest_ms: int | None = None
     empty_profiles: bool = False
     events: EventPlan | None = None
-    slices: int = 1  # the profiles are merged in this many slices of their groups (`slice_count`)
+    slices: int = 1  # the profiles are merged in this many slices of their groups (`partition_count`)
     memberships: Path | None = None  # the merge policy's current segment memberships (segment jobs' output)
     partitions: list[Partition] | None = None  # `sources` as the store keeps them by cluster (stitched merges)
 
@@ -269,16 +267,6 @@ class ExportQuery:
     partitions: tuple[tuple[str, str], ...] = ()
     slices: int = 1
     scratch: Path | None = None
-
-
-FRAGMENTS_PER_SLICE = FRAGMENTS_PER_PARTITION
-"""Fragments merged at a time: a larger export is merged in slices of its groups (`slice_count`), the store's
-partitions when it has them. Memory for a merge grows with the fragments merged at once."""
-
-
-def slice_count(fragments: int) -> int:
-    """How many slices to merge `fragments` fragments in."""
-    return partition_count(fragments)
 
 
 def _slice_table(name: str, number: int) -> str:

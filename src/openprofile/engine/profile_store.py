@@ -115,7 +115,7 @@ class DatasetFiles:
 
 @dataclass(frozen=True)
 class Partitions:
-    """The current fragments and the members index grouped by identity cluster, for exports (`_partition`):
+    """The current fragments and the members index grouped by identity cluster, for exports (`_update_partitions`):
     `count` partitions, a cluster's rows all in partition ``hash(cluster key) % count`` (`partition_of`). Per
     record dataset, one Parquet file per partition, and the fragment index files it was made from (`built_from`:
     it is remade when they, the identities or the count change)."""

@@ -28,11 +28,10 @@ from openprofile.engine.export import (
     SegmentCondition,
     WrittenBatch,
     export_query,
-    slice_count,
     write_parquet,
 )
 from openprofile.engine.fields import parse_fields
-from openprofile.engine.profile_store import connect
+from openprofile.engine.profile_store import connect, partition_count
 from openprofile.engine.structure import from_arrow_schema, merge_structures
 from openprofile.export import jobs
 from openprofile.export import service as export_service
@@ -76,7 +75,7 @@ def build_plan(platform: Platform, snapshot: profile_store.StoreSnapshot, policy
                        for s in filters.get("segments") or []),
         qualified_from_ms=_ms(qualification.get("startTime")), qualified_to_ms=_ms(qualification.get("endTime")),
         from_ingest_ms=_ms(filters.get("fromIngestTimestamp")), empty_profiles=bool(filters.get("emptyProfiles")),
-        events=events, slices=slice_count(inputs.fragments), partitions=inputs.partitions,
+        events=events, slices=partition_count(inputs.fragments), partitions=inputs.partitions,
         memberships=memberships.current_memberships(platform, snapshot.tenant, policy.id),
     )
 
