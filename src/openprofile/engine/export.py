@@ -244,7 +244,7 @@ class ExportPart:
     namespace counted for the metrics; no rows when None); with an event list, `events` streams each row's
     events (`__pos`, the row's 1-based position in `profiles`, then `__event`), ordered by position, and they
     are attached as `timeSeriesEvents`; `cleanup` runs last, whatever happened. While it runs, slice `slice`
-    of each of the query's partitions is a table (`ExportQuery`)."""
+    of each of the query's splits is a table (`ExportQuery`)."""
 
     profiles: str | None
     events: str | None = None
@@ -258,13 +258,14 @@ class ExportPart:
 
 @dataclass(frozen=True)
 class ExportQuery:
-    """One export batch's rows as DuckDB statements, run by `write_parquet`: first each of `partitions`
-    (relation, name) is split by slice, ``hash(_group) % slices``, into Arrow IPC files under `scratch`; then
-    the `parts` run one after the other, their rows going into the same files — a part with a `slice` k sees
-    slice k of each partition as the table ``{name}_{k}``; `scratch` is removed at the end."""
+    """One export batch's rows as DuckDB statements, run by `write_parquet`: first each of `splits`
+    (relation, name) is split by slice, the store's partition of its `_group` (`partition_of`), into Arrow IPC
+    files under `scratch`; then the `parts` run one after the other, their rows going into the same files — a
+    part with a `slice` k sees slice k of each split as the table ``{name}_{k}``; `scratch` is removed at the
+    end."""
 
     parts: tuple[ExportPart, ...]
-    partitions: tuple[tuple[str, str], ...] = ()
+    splits: tuple[tuple[str, str], ...] = ()
     slices: int = 1
     scratch: Path | None = None
 
@@ -277,48 +278,42 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
                  table: str = "__export_rows", scratch: Path | None = None) -> ExportQuery:
     """The rows of one export batch (all profiles, or one segment's with `segmentPerBatch`). With an event
     list, the profile rows are first kept in `table` (a table of the connection's database). With
-    `plan.slices` > 1, the fragment rows (and members) are first partitioned into slices under `scratch`, and
-    merged one slice at a time. The merge is `merge_table`'s (`ArrowMerge`), except when profiles with only
+    `plan.partitions` (and a `scratch`), the store's partitions are merged one at a time; else with `plan.slices`
+    > 1, the fragment rows (and members) are first split into slices under `scratch`, and merged one slice at a
+    time. The merge is `merge_table`'s (`ArrowMerge`), except when profiles with only
     events join in, where `merge_sql` merges every fragment in one statement."""
     structure = output_structure(plan)
     segments = (only_segment,) if only_segment else plan.segments
     joins_events = plan.events is not None and plan.empty_profiles and not segments
-    partitioned = plan.partitions is not None and scratch is not None and not joins_events
-    slices = plan.slices if scratch is not None and not joins_events else 1
-    if partitioned:
-        assert plan.partitions is not None
-        slices = len(plan.partitions)
+    sliced = scratch is not None and not joins_events
+    stored = plan.partitions if sliced else None
+    slices = (len(stored) if stored is not None else plan.slices) if sliced else 1
     members = members_relation(plan.members) if plan.members is not None else None
     merged_columns = profile_structure(plan.sources)
     computed = (memberships_relation(plan.memberships) if plan.memberships is not None and (
         segments or _selects_memberships(plan)) else None)
     overlay = computed is not None or ("segmentMembership" in structure and "segmentMembership" not in merged_columns)
-    partitions: list[tuple[str, str]] = []
+    splits: list[tuple[str, str]] = []
     fragments = fragment_rows_sql(plan.sources, plan.rule)
     merged_name = f"{table}_merged"
     # (fragment rows, members, memberships) of each part
     parts: list[tuple[str, str | None, str | None]] = [(fragments, members, computed)]
-    if partitioned and slices > 1:
+    if stored is not None:
         # The store keeps the fragments and members by cluster already: only computed memberships are split.
-        assert plan.partitions is not None
-        prefix = f"{table}_slice"
-        if computed is not None:
-            partitions.append((computed, f"{prefix}_s"))
+        split_memberships = computed is not None and slices > 1
+        if computed is not None and split_memberships:
+            splits.append((computed, f"{table}_slice_s"))
         parts = [(fragment_rows_sql(p.sources, plan.rule), _members_part(p) if members is not None else None,
-                  _slice_table(f"{prefix}_s", k) if computed is not None else None)
-                 for k, p in enumerate(plan.partitions)]
-    elif partitioned:
-        assert plan.partitions is not None
-        parts = [(fragment_rows_sql(plan.partitions[0].sources, plan.rule),
-                  _members_part(plan.partitions[0]) if members is not None else None, computed)]
+                  _slice_table(f"{table}_slice_s", k) if split_memberships else computed)
+                 for k, p in enumerate(stored)]
     elif slices > 1:
         assert scratch is not None
         prefix = f"{table}_slice"
-        partitions.append((f"({fragments})", f"{prefix}_f"))
+        splits.append((f"({fragments})", f"{prefix}_f"))
         if members is not None:
-            partitions.append((members, f"{prefix}_m"))
+            splits.append((members, f"{prefix}_m"))
         if computed is not None:
-            partitions.append((computed, f"{prefix}_s"))
+            splits.append((computed, f"{prefix}_s"))
         parts = [(_slice_table(f"{prefix}_f", k),
                   _slice_table(f"{prefix}_m", k) if members is not None else None,
                   _slice_table(f"{prefix}_s", k) if computed is not None else None)
@@ -350,12 +345,12 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
         return ExportQuery(tuple(ExportPart(None, slice=k if slices > 1 else None, merge=arrow_merges[k],
                                             columns=tuple(structure))
                                  for k in range(len(parts))),
-                           tuple(partitions), slices, scratch)
+                           tuple(splits), slices, scratch)
     if plan.events is None:
         return ExportQuery(tuple(ExportPart(f"SELECT {', '.join([*projection, namespace])} FROM ({merged(*part)}) m "
                                             f"{where}", slice=k if slices > 1 else None, merge=arrow_merges[k])
                                  for k, part in enumerate(parts)),
-                           tuple(partitions), slices, scratch)
+                           tuple(splits), slices, scratch)
     # Aggregating every profile's events into a list in SQL is the costliest step by far (DuckDB's list()
     # over wide nested structs); instead the profile rows are kept (merged slice by slice), and their events
     # streamed in the same order, sorted once, to be cut into lists on the Arrow side.
@@ -381,7 +376,7 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
         (*fill, ExportPart(profiles=f"SELECT * EXCLUDE (__group) FROM {table} ORDER BY __group",
                            events=_events_select(_events_projected(plan.events), table),
                            cleanup=(f"DROP TABLE IF EXISTS {table}",))),
-        tuple(partitions), slices, scratch,
+        tuple(splits), slices, scratch,
     )
 
 
@@ -394,13 +389,13 @@ def _split(conn: duckdb.DuckDBPyConnection, relation: str, name: str, slices: in
 
 
 def _part_tables(query: ExportQuery, part: ExportPart, conn: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
-    """The tables a part reads, by name: slice `part.slice` of each partition (memory-mapped) and its merge's
+    """The tables a part reads, by name: slice `part.slice` of each split (memory-mapped) and its merge's
     result, its fragments and members read on `conn` when they are queries (the store's partitions)."""
     tables: dict[str, pa.Table] = {}
     if part.slice is not None:
         assert query.scratch is not None
-        for _, partition in query.partitions:
-            name = _slice_table(partition, part.slice)
+        for _, split in query.splits:
+            name = _slice_table(split, part.slice)
             tables[name] = ipc.open_file(pa.memory_map(str(query.scratch / f"{name}.arrow"))).read_all()
     merge = part.merge
     if merge is not None:
@@ -627,7 +622,7 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
 
     try:
         started = time.perf_counter()
-        for relation, name in whole.partitions:
+        for relation, name in whole.splits:
             assert whole.scratch is not None
             _split(conn, relation, name, whole.slices, whole.scratch)
         result.query_ms += (time.perf_counter() - started) * 1000

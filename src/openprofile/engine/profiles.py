@@ -222,15 +222,15 @@ def partitioned_sources(view: StoreView, partitions: Partitions, datasets: dict[
                         max_cluster_size: int | None = None) -> list[Partition]:
     """`fragment_sources(stitched=True)` of `datasets`, one list per partition of the store."""
     limit = f"WHERE _cluster_size <= {int(max_cluster_size)}" if max_cluster_size else ""
-    return [
-        Partition([FragmentSource(
-            dataset_id, f"(SELECT * EXCLUDE (_cluster, _cluster_size), replace(_cluster::VARCHAR, '-', '') AS _group, "
-                        f"{_quote(dataset_id)} AS _dataset FROM read_parquet({_quote(str(view.files.path(files[k])))}) "
-                        f"{limit})", entry.structure)
-                   for dataset_id, entry in datasets.items() for files in [partitions.datasets[dataset_id]]],
-                  view.files.path(partitions.members[k]))
-        for k in range(partitions.count)
-    ]
+
+    def source(dataset_id: str, entry: DatasetFiles, k: int) -> FragmentSource:
+        path = view.files.path(partitions.datasets[dataset_id][k])
+        return FragmentSource(dataset_id, f"(SELECT * EXCLUDE (_cluster, _cluster_size), replace(_cluster::VARCHAR, "
+                                          f"'-', '') AS _group, {_quote(dataset_id)} AS _dataset "
+                                          f"FROM read_parquet({_quote(str(path))}) {limit})", entry.structure)
+
+    return [Partition([source(d, e, k) for d, e in datasets.items()], view.files.path(partitions.members[k]))
+            for k in range(partitions.count)]
 
 
 def events_sql(view: StoreView, datasets: list[DatasetFiles], members: list[tuple[str, str, str]], *,
