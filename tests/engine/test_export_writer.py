@@ -10,6 +10,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from openprofile.engine import export
 from openprofile.engine.export import (
@@ -189,3 +191,35 @@ def test_the_namespace_counted_on_arrow_is_the_one_sql_counts(conn: duckdb.DuckD
         "FROM t ORDER BY k").fetchall()]
     assert expected == ["crmid", "ecid", "phone", None, None]
     assert export._with_namespace(table).column("__ns").to_pylist() == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 3), st.sampled_from("xyz")), max_size=40),
+       rows=st.permutations(range(4)).flatmap(lambda p: st.lists(st.sampled_from(p), unique=True, max_size=4)),
+       chunk=st.integers(1, 8))
+def test_a_partitions_events_are_cut_for_its_rows_in_any_order(events: list[tuple[str, int, str]], rows: list[int],
+                                                                 chunk: int) -> None:
+    """`_PartEvents` against a reference: each row (a merged profile, by position among the part's groups `a`..`d`;
+    rows asked in any order, some not at all, in batches) gets its group's events ordered by (time, xid), NULL
+    when it has none; events of groups with no profile (`e`, `f`) are nobody's."""
+    groups = ["a", "b", "c", "d"]
+    table = pa.table({"_group": [g for g, _, _ in events], "__t": [t for _, t, _ in events],
+                      "_xid": [x for _, _, x in events],
+                      "__event": [{"i": i, "t": t} for i, (_, t, _) in enumerate(events)]},
+                     schema=pa.schema([("_group", pa.string()), ("__t", pa.int64()), ("_xid", pa.string()),
+                                       ("__event", pa.struct([("i", pa.int64()), ("t", pa.int64())]))]))
+    cut = export._PartEvents(table, pa.chunked_array([groups]))
+    got: list[Any] = []
+    for start in range(0, len(rows), chunk):
+        batch = pa.record_batch({"__row": pa.array(rows[start:start + chunk], pa.int64())})
+        got += cut.lists(batch)().to_pylist()
+
+    def expected(row: int) -> list[dict[str, int]] | None:
+        mine = sorted((t, x, i) for i, (g, t, x) in enumerate(events) if g == groups[row])
+        return [{"i": i, "t": t} for t, _, i in mine] or None
+
+    # ties on (time, xid) may come in either order: compare each list's events as a multiset, then their keys in order
+    assert [sorted(e["i"] for e in lst) if lst else None for lst in got] == [
+        sorted(e["i"] for e in lst) if lst else None for lst in map(expected, rows)]
+    assert [[(events[e["i"]][1], events[e["i"]][2]) for e in lst] if lst else None for lst in got] == [
+        [(events[e["i"]][1], events[e["i"]][2]) for e in lst] if lst else None for lst in map(expected, rows)]

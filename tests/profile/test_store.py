@@ -155,3 +155,12 @@ def test_partitions_keep_each_cluster_whole_and_are_remade_only_when_their_input
     assert newest.manifest.partitions is not None
     assert set(newest.manifest.partitions.files()).isdisjoint(later.manifest.partitions.files())
     assert len(partition_rows(newest, crm)) == 11
+
+
+def test_a_partition_holds_at_most_its_share_of_fragments_and_of_events() -> None:
+    fragments, events = profile_store.FRAGMENTS_PER_PARTITION, profile_store.EVENTS_PER_PARTITION
+    assert profile_store.partition_count(0) == 1
+    assert profile_store.partition_count(fragments) == 1
+    assert profile_store.partition_count(fragments + 1) == 2
+    assert profile_store.partition_count(1, 3 * events) == 3  # the events need more partitions than the fragments
+    assert profile_store.partition_count(5 * fragments, 3 * events) == 5

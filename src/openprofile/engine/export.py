@@ -8,6 +8,11 @@ relations) → `emptyProfiles` → segment filter → `fromIngestTimestamp` (mer
 strictly later) → `fields` projection → `timeSeriesEvents` (the profile's events inside the
 ingestion-time window, projected by the event-list fields, attached after the audience filter).
 
+Event lists: when the store's partitions are merged (a stitched export), the events are split once by the
+same partitions, and each partition's events are ordered for its profiles and cut into their lists
+(`_PartEvents`); otherwise the profile rows are kept in a table and every event, joined to its row's
+position, is sorted in buckets (`_EventLists`).
+
 Choices where the docs are silent: with `fields`, only the selected columns are written (ask for
 `identityMap` or `identities` explicitly, as the docs' events-only example does); `timeSeriesEvents`
 is ordered by event time; the segment filter's `segmentQualificationTime` bounds are inclusive; a
@@ -26,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 import numpy as np
@@ -254,6 +260,10 @@ class ExportPart:
     merge: ArrowMerge | None = None
     columns: tuple[str, ...] | None = None
     """Instead of `profiles`: the rows are the merge's table's `columns` as they are, with `__ns` (no SQL pass)."""
+    event_slice: str | None = None
+    """A split of the events (`_group`, `__event` and the sort keys `__t`, `_xid`): its slice `slice` holds the
+    events of this part's profiles, attached as `timeSeriesEvents` by the rows' `__row`, their position in the
+    merge's table, which has that column too (`_PartEvents`)."""
 
 
 @dataclass(frozen=True)
@@ -299,10 +309,13 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
     # (fragment rows, members, memberships) of each part
     parts: list[tuple[str, str | None, str | None]] = [(fragments, members, computed)]
     if stored is not None:
-        # The store keeps the fragments and members by cluster already: only computed memberships are split.
+        # The store keeps the fragments and members by cluster already: only computed memberships (and events)
+        # are split.
         split_memberships = computed is not None and slices > 1
         if computed is not None and split_memberships:
             splits.append((computed, f"{table}_slice_s"))
+        if plan.events is not None:
+            splits.append((_events_projected(plan.events), f"{table}_slice_e"))
         parts = [(fragment_rows_sql(p.sources, plan.rule), _members_part(p) if members is not None else None,
                   _slice_table(f"{table}_slice_s", k) if split_memberships else computed)
                  for k, p in enumerate(stored)]
@@ -340,6 +353,18 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
             sql = with_cluster_identities(sql, members) if members is not None else sql
         return with_memberships(sql, merged_columns, memberships) if overlay else sql
 
+    if stored is not None and plan.events is not None:
+        # Each partition's events are a slice of the events' split: its rows carry `__row` to find theirs.
+        event_slice = f"{table}_slice_e"
+        if plan.paths is None and not conditions and not overlay:
+            return ExportQuery(tuple(ExportPart(None, slice=k, merge=arrow_merges[k], columns=tuple(structure),
+                                                event_slice=event_slice) for k in range(len(parts))),
+                               tuple(splits), slices, scratch)
+        return ExportQuery(tuple(ExportPart(f"SELECT {', '.join([*projection, namespace])}, m.__row "
+                                            f"FROM ({merged(*part)}) m {where}", slice=k, merge=arrow_merges[k],
+                                            event_slice=event_slice)
+                                 for k, part in enumerate(parts)),
+                           tuple(splits), slices, scratch)
     if plan.events is None and plan.paths is None and not conditions and not overlay and not joins_events:
         # All fields, no filter: the merged rows are the batch's rows as they are.
         return ExportQuery(tuple(ExportPart(None, slice=k if slices > 1 else None, merge=arrow_merges[k],
@@ -386,6 +411,34 @@ def _split(conn: duckdb.DuckDBPyConnection, relation: str, name: str, slices: in
     scratch.mkdir(parents=True, exist_ok=True)
     write_split(conn, f"SELECT *, {partition_of('_group', slices)} AS __part FROM {relation} WHERE _group IS NOT NULL",
                 slices, lambda k, schema: ipc.new_file(scratch / f"{_slice_table(name, k)}.arrow", schema))
+
+
+@dataclass
+class _Loaded:
+    """What a part reads, made before it runs: its tables by name, and its events (`ExportPart.event_slice`)."""
+
+    tables: dict[str, pa.Table]
+    events: _PartEvents | None = None
+
+
+def _load_part(query: ExportQuery, part: ExportPart, conn: duckdb.DuckDBPyConnection) -> _Loaded:
+    """`_part_tables`, and the part's events ordered for its profiles."""
+    tables = _part_tables(query, part, conn)
+    if part.event_slice is None:
+        return _Loaded(tables)
+    assert part.merge is not None and part.slice is not None
+    events = tables.pop(_slice_table(part.event_slice, part.slice))
+    merged = tables[part.merge.name]
+    tables[part.merge.name] = merged.append_column("__row", pa.array(np.arange(merged.num_rows, dtype=np.int64)))
+    return _Loaded(tables, _PartEvents(events, merged.column("_group")))
+
+
+def _release_memory(conn: duckdb.DuckDBPyConnection) -> None:
+    """Hand what DuckDB kept of the splits' memory back, before the parts load theirs: lowering the limit
+    evicts its buffers, and the allocator returns them past its flush threshold."""
+    limit = conn.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    conn.execute("SET memory_limit = '32MB'")
+    conn.execute(f"SET memory_limit = '{limit}'")
 
 
 def _part_tables(query: ExportQuery, part: ExportPart, conn: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
@@ -481,6 +534,7 @@ class _EventLists:
         self.buckets: list[int] | None = None
         self.positions: list[npt.NDArray[np.int64]] = []
         self.values: list[pa.Array] = []
+        self.position = 1  # of the next row asked for
 
     def _spread(self) -> list[int]:
         """Write the stream into bucket files; returns the bucket numbers, in order."""
@@ -527,8 +581,14 @@ class _EventLists:
     def _buffered_last(self) -> int:
         return int(self.positions[-1][-1]) if self.positions and len(self.positions[-1]) else -1
 
-    def lists(self, first: int, count: int) -> pa.Array:
-        """The lists of the rows at positions first .. first + count - 1 (the rows before were asked already)."""
+    def lists(self, batch: pa.RecordBatch) -> Callable[[], pa.Array]:
+        """The lists of the batch's rows, the next ones of the stream (made now: the stream is read in order)."""
+        made = self._lists(batch)
+        return lambda: made
+
+    def _lists(self, batch: pa.RecordBatch) -> pa.Array:
+        first, count = self.position, batch.num_rows
+        self.position += count
         last = first + count - 1
         while self._buffered_last() <= last and self._load_next():
             pass
@@ -540,6 +600,50 @@ class _EventLists:
         empty = offsets[1:] == offsets[:-1]
         return pa.ListArray.from_arrays(pa.array(offsets), values.slice(0, cut), type=self.type,
                                         mask=pa.array(empty))
+
+
+class _Events(Protocol):
+    """Each profile row's `timeSeriesEvents`, a batch of rows at a time."""
+
+    type: pa.ListType
+
+    def lists(self, batch: pa.RecordBatch) -> Callable[[], pa.Array]:
+        """The lists of the batch's rows, made when called (on the lane that writes them)."""
+
+
+class _PartEvents:
+    """One part's events cut into its profile rows' `timeSeriesEvents` (NULL when none), whatever the rows'
+    order: the events (`_group`, `__t`, `_xid`, `__event`, in no order) are ordered once by (profile, event time,
+    `_xid`) — the profile being the position of its group among the part's merged `groups` — and each batch
+    of rows (`__row`, that position) takes the runs of its profiles. Events of groups with no merged profile
+    are left out. The take runs on the writer's lane, not on the thread reading the rows."""
+
+    def __init__(self, events: pa.Table, groups: pa.ChunkedArray) -> None:
+        event_type = events.schema.field("__event").type
+        self.type = pa.list_(pa.field("l", event_type))
+        position = pc.index_in(events.column("_group"), value_set=groups.combine_chunks())
+        keys = pa.table({"p": position, "t": events.column("__t"), "x": events.column("_xid")})
+        order = pc.sort_indices(keys, sort_keys=[("p", "ascending"), ("t", "ascending"), ("x", "ascending")])
+        kept = len(position) - position.null_count
+        self.order = np.asarray(order, dtype=np.int64)[:kept]
+        counts = np.bincount(np.asarray(position.drop_null(), dtype=np.int64), minlength=len(groups))
+        self.counts = counts.astype(np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+        # one buffer to take from: a take across the split's many small chunks costs several times more
+        self.values = (events.column("__event").combine_chunks() if events.num_rows
+                       else pa.array([], event_type))
+
+    def lists(self, batch: pa.RecordBatch) -> Callable[[], pa.Array]:
+        rows = np.asarray(batch.column("__row"), dtype=np.int64)
+        lengths = self.counts[rows]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        picked = self.order[np.repeat(self.starts[rows] - offsets[:-1], lengths)
+                            + np.arange(int(offsets[-1]), dtype=np.int64)]
+
+        def lists() -> pa.Array:
+            return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), self.values.take(pa.array(picked)),
+                                            type=self.type, mask=pa.array(lengths == 0))
+        return lists
 
 
 def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPart | str, out_dir: Path, *,
@@ -557,26 +661,27 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
     whole = query
     scratch = query.scratch if query.scratch is not None else Path(tempfile.mkdtemp(prefix="openprofile-export-"))
 
-    def streams() -> Generator[tuple[pa.RecordBatchReader, _EventLists | None], None, None]:
+    def streams() -> Generator[tuple[pa.RecordBatchReader, _Events | None], None, None]:
         # Sliced parts' tables (their slices, their merges) are made on `LOADERS` threads, each with its own
         # connection, the next parts' while this one's rows are written: the merge is single-threaded numpy.
         # With an event list, one: the events' sort is what bounds the export's memory then.
-        loaders = 1 if any(p.events is not None for p in whole.parts) else LOADERS
+        loaders = 1 if any(p.events is not None or p.event_slice is not None for p in whole.parts) else LOADERS
         loader = ThreadPoolExecutor(max_workers=loaders)
         cursors = [conn.cursor() for _ in range(loaders)]  # a connection serves one thread at a time
         result.cursors.extend(cursors)
-        upcoming: dict[int, Future[dict[str, pa.Table]]] = {}
+        upcoming: dict[int, Future[_Loaded]] = {}
         try:
             for number, part in enumerate(whole.parts):
                 for ahead in range(number + 1, min(number + 1 + loaders, len(whole.parts))):
                     if ahead not in upcoming and whole.parts[ahead].slice is not None:
-                        upcoming[ahead] = loader.submit(_part_tables, whole, whole.parts[ahead],
+                        upcoming[ahead] = loader.submit(_load_part, whole, whole.parts[ahead],
                                                         cursors[ahead % loaders])
                 loaded = upcoming.pop(number, None)
-                tables = loaded.result() if loaded is not None else _part_tables(whole, part, conn)
+                tables = loaded.result() if loaded is not None else _load_part(whole, part, conn)
                 if result.interrupted.is_set():
                     raise duckdb.InterruptException("INTERRUPT Error: the export was interrupted")
                 yield from part_stream(part, tables)
+                del tables, loaded  # the part's events and merge are not kept while the next part is written
         finally:
             for future in upcoming.values():
                 future.cancel()
@@ -585,22 +690,26 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
                 result.cursors.remove(cursor)
                 cursor.close()
 
-    def part_stream(part: ExportPart,
-                    tables: dict[str, pa.Table]) -> Generator[tuple[pa.RecordBatchReader, _EventLists | None]]:
+    def part_stream(part: ExportPart, loaded: _Loaded) -> Generator[tuple[pa.RecordBatchReader, _Events | None]]:
         profiles_conn = conn
         readers: list[pa.RecordBatchReader] = []
+        tables = loaded.tables
+        size = BATCH_ROWS if part.events is None and part.event_slice is None else EVENT_BATCH_ROWS
         try:
             with _registered(conn, tables):
                 for statement in part.setup:
                     conn.execute(statement)
                 if part.columns is not None:
                     assert part.merge is not None
-                    rows = _with_namespace(tables[part.merge.name].select(list(part.columns)))
-                    yield pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches(BATCH_ROWS)), None
+                    merged = tables[part.merge.name]
+                    rows = _with_namespace(merged.select(list(part.columns)))
+                    if part.event_slice is not None:
+                        rows = rows.append_column("__row", merged.column("__row"))
+                    yield pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches(size)), loaded.events
                     return
                 if part.profiles is None:
                     return
-                events = None
+                events: _Events | None = loaded.events
                 if part.events is not None:
                     # The rows (a table) stream from a second connection, in step with their events from this
                     # one (which sees the slice's tables).
@@ -608,8 +717,7 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
                     result.cursors.append(profiles_conn)
                     readers.append(conn.sql(part.events).to_arrow_reader(BATCH_ROWS))
                     events = _EventLists(readers[-1], scratch / f"events-{len(readers)}")
-                readers.append(profiles_conn.sql(part.profiles).to_arrow_reader(
-                    BATCH_ROWS if part.events is None else EVENT_BATCH_ROWS))
+                readers.append(profiles_conn.sql(part.profiles).to_arrow_reader(size))
                 yield readers[-1], events
         finally:
             for reader in readers:
@@ -625,6 +733,8 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
         for relation, name in whole.splits:
             assert whole.scratch is not None
             _split(conn, relation, name, whole.slices, whole.scratch)
+        if whole.splits:
+            _release_memory(conn)
         result.query_ms += (time.perf_counter() - started) * 1000
         parts = streams()
         try:
@@ -647,6 +757,10 @@ class _Lane:
         self.writer: pq.ParquetWriter | None = None
         self.index = 0
         self.in_file = 0
+
+    def write_columns(self, columns: list[pa.Array], lists: Callable[[], pa.Array] | None, schema: pa.Schema) -> None:
+        """Write a batch of the columns, and of the event lists `lists` makes when it has them."""
+        self.write(pa.RecordBatch.from_arrays([*columns, lists()] if lists is not None else columns, schema=schema))
 
     def write(self, data: pa.RecordBatch) -> None:
         offset = 0
@@ -695,7 +809,7 @@ class _Files:
             self.result.files[index] = (name, (self.out_dir / name).stat().st_size, rows)
 
 
-def _write_batches(streams: Iterator[tuple[pa.RecordBatchReader, _EventLists | None]], out_dir: Path,
+def _write_batches(streams: Iterator[tuple[pa.RecordBatchReader, _Events | None]], out_dir: Path,
                    rows_per_file: int, prefix: str, result: WrittenBatch) -> None:
     """The streams' batches, one stream after the other (all of one schema): batch k goes to lane
     k mod WRITER_LANES; at most two batches per lane wait to be written."""
@@ -703,7 +817,7 @@ def _write_batches(streams: Iterator[tuple[pa.RecordBatchReader, _EventLists | N
     reader, events = next(streams)
     result.query_ms += (time.perf_counter() - started) * 1000
     schema = reader.schema
-    keep = [i for i, f in enumerate(schema) if f.name != "__ns"]
+    keep = [i for i, f in enumerate(schema) if f.name not in ("__ns", "__row")]
     fields = [schema.field(i) for i in keep]
     if events is not None:
         fields.append(pa.field("timeSeriesEvents", events.type))
@@ -712,7 +826,6 @@ def _write_batches(streams: Iterator[tuple[pa.RecordBatchReader, _EventLists | N
     files = _Files(out_dir, prefix, out_schema, rows_per_file, result)
     lanes = [_Lane(files) for _ in range(WRITER_LANES)]
     pending: deque[Future[None]] = deque()
-    position = 1
     count = 0
     try:
         while True:
@@ -725,12 +838,9 @@ def _write_batches(streams: Iterator[tuple[pa.RecordBatchReader, _EventLists | N
                 if following is None:
                     break
                 reader, events = following
-                position = 1
                 continue
             columns = [batch.column(i) for i in keep]
-            if events is not None:
-                columns.append(events.lists(position, batch.num_rows))
-                position += batch.num_rows
+            lists = events.lists(batch) if events is not None else None
             result.query_ms += (time.perf_counter() - started) * 1000
             started = time.perf_counter()
             if "__ns" in schema.names:
@@ -738,7 +848,7 @@ def _write_batches(streams: Iterator[tuple[pa.RecordBatchReader, _EventLists | N
                 for item in counts.to_pylist():
                     result.by_namespace[str(item["values"])] += int(item["counts"])
             lane = lanes[count % len(lanes)]
-            pending.append(lane.thread.submit(lane.write, pa.RecordBatch.from_arrays(columns, schema=out_schema)))
+            pending.append(lane.thread.submit(lane.write_columns, columns, lists, out_schema))
             count += 1
             while len(pending) > 2 * len(lanes):
                 pending.popleft().result()

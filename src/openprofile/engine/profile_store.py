@@ -489,12 +489,15 @@ def _components(conn: duckdb.DuckDBPyConnection) -> None:
 FRAGMENTS_PER_PARTITION = 400_000
 """Fragments per partition (`Partitions`), which an export merges at a time: DuckDB's and numpy's memory for a
 merge grows with the fragments merged at once."""
+EVENTS_PER_PARTITION = 800_000
+"""Events per partition: an export with an event list holds one partition's events (ordered for its profiles)
+while it writes them, and loads the next partition's."""
 PARTITION_ROWS = 65_536
 
 
-def partition_count(fragments: int) -> int:
-    """How many partitions `fragments` fragments are kept (and merged) in."""
-    return max(1, -(-fragments // FRAGMENTS_PER_PARTITION))
+def partition_count(fragments: int, events: int = 0) -> int:
+    """How many partitions `fragments` fragments (with `events` events) are kept (and merged) in."""
+    return max(1, -(-fragments // FRAGMENTS_PER_PARTITION), -(-events // EVENTS_PER_PARTITION))
 
 
 def partition_of(group: str, count: int) -> str:
@@ -559,8 +562,11 @@ def _update_partitions(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manif
     if manifest.identities is None or not records:
         manifest.partitions = None
         return
-    fragments = sum(pq.read_metadata(store.path(f)).num_rows for e in records.values() for f in e.files)
-    count = partition_count(fragments)
+    def index_rows(kind: str) -> int:
+        return sum(pq.read_metadata(store.path(f)).num_rows
+                   for e in manifest.datasets.values() if e.kind == kind for f in e.files)
+
+    count = partition_count(index_rows("profile"), index_rows("experienceevent"))
     old = manifest.partitions
     if old is not None and (old.count != count or old.identities != manifest.identities):
         old = None
