@@ -18,7 +18,8 @@ is derived (and rebuilt from the lake by `openprofile rebuild`): a *generation* 
   written once per record file, and dropped when the fragment index no longer points into its file;
 - the *partitions* (`Partitions`): the current fragments of every record dataset (the lake rows the fragment
   indexes point at, with their cluster and its size) and the members index, grouped by identity cluster into
-  `count` partitions of at most `FRAGMENTS_PER_PARTITION` fragments, one Parquet file per dataset and
+  `count` partitions of at most `FRAGMENTS_PER_PARTITION` fragments (and, counting the event datasets' events,
+  `EVENTS_PER_PARTITION` events: an export splits the events the same way), one Parquet file per dataset and
   partition. A stitched export merges them one partition at a time as they are; without them it would join the
   lake to the indexes and split the result by cluster itself, which was most of its time. They are remade at
   the end of an apply: all of them when the identities (or the count) changed, else only the datasets whose
