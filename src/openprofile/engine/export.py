@@ -353,10 +353,11 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
             sql = with_cluster_identities(sql, members) if members is not None else sql
         return with_memberships(sql, merged_columns, memberships) if overlay else sql
 
+    as_they_are = plan.paths is None and not conditions and not overlay and not joins_events
     if stored is not None and plan.events is not None:
         # Each partition's events are a slice of the events' split: its rows carry `__row` to find theirs.
         event_slice = f"{table}_slice_e"
-        if plan.paths is None and not conditions and not overlay:
+        if as_they_are:
             return ExportQuery(tuple(ExportPart(None, slice=k, merge=arrow_merges[k], columns=tuple(structure),
                                                 event_slice=event_slice) for k in range(len(parts))),
                                tuple(splits), slices, scratch)
@@ -365,7 +366,7 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
                                             event_slice=event_slice)
                                  for k, part in enumerate(parts)),
                            tuple(splits), slices, scratch)
-    if plan.events is None and plan.paths is None and not conditions and not overlay and not joins_events:
+    if plan.events is None and as_they_are:
         # All fields, no filter: the merged rows are the batch's rows as they are.
         return ExportQuery(tuple(ExportPart(None, slice=k if slices > 1 else None, merge=arrow_merges[k],
                                             columns=tuple(structure))
@@ -626,8 +627,7 @@ class _PartEvents:
         order = pc.sort_indices(keys, sort_keys=[("p", "ascending"), ("t", "ascending"), ("x", "ascending")])
         kept = len(position) - position.null_count
         self.order = np.asarray(order, dtype=np.int64)[:kept]
-        counts = np.bincount(np.asarray(position.drop_null(), dtype=np.int64), minlength=len(groups))
-        self.counts = counts.astype(np.int64)
+        self.counts = np.bincount(np.asarray(position.drop_null(), dtype=np.int64), minlength=len(groups))
         self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
         # one buffer to take from: a take across the split's many small chunks costs several times more
         self.values = (events.column("__event").combine_chunks() if events.num_rows
@@ -676,12 +676,12 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
                     if ahead not in upcoming and whole.parts[ahead].slice is not None:
                         upcoming[ahead] = loader.submit(_load_part, whole, whole.parts[ahead],
                                                         cursors[ahead % loaders])
-                loaded = upcoming.pop(number, None)
-                tables = loaded.result() if loaded is not None else _load_part(whole, part, conn)
+                future = upcoming.pop(number, None)
+                loaded = future.result() if future is not None else _load_part(whole, part, conn)
                 if result.interrupted.is_set():
                     raise duckdb.InterruptException("INTERRUPT Error: the export was interrupted")
-                yield from part_stream(part, tables)
-                del tables, loaded  # the part's events and merge are not kept while the next part is written
+                yield from part_stream(part, loaded)
+                del loaded, future  # the part's events and merge are not kept while the next part is written
         finally:
             for future in upcoming.values():
                 future.cancel()
@@ -758,11 +758,9 @@ class _Lane:
         self.index = 0
         self.in_file = 0
 
-    def write_columns(self, columns: list[pa.Array], lists: Callable[[], pa.Array] | None, schema: pa.Schema) -> None:
+    def write(self, columns: list[pa.Array], lists: Callable[[], pa.Array] | None, schema: pa.Schema) -> None:
         """Write a batch of the columns, and of the event lists `lists` makes when it has them."""
-        self.write(pa.RecordBatch.from_arrays([*columns, lists()] if lists is not None else columns, schema=schema))
-
-    def write(self, data: pa.RecordBatch) -> None:
+        data = pa.RecordBatch.from_arrays([*columns, lists()] if lists is not None else columns, schema=schema)
         offset = 0
         while offset < data.num_rows:
             if self.writer is None:
@@ -848,7 +846,7 @@ def _write_batches(streams: Iterator[tuple[pa.RecordBatchReader, _Events | None]
                 for item in counts.to_pylist():
                     result.by_namespace[str(item["values"])] += int(item["counts"])
             lane = lanes[count % len(lanes)]
-            pending.append(lane.thread.submit(lane.write_columns, columns, lists, out_schema))
+            pending.append(lane.thread.submit(lane.write, columns, lists, out_schema))
             count += 1
             while len(pending) > 2 * len(lanes):
                 pending.popleft().result()

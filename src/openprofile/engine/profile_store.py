@@ -563,6 +563,7 @@ def _update_partitions(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manif
     if manifest.identities is None or not records:
         manifest.partitions = None
         return
+
     def index_rows(kind: str) -> int:
         return sum(pq.read_metadata(store.path(f)).num_rows
                    for e in manifest.datasets.values() if e.kind == kind for f in e.files)

@@ -75,7 +75,7 @@ def build_plan(platform: Platform, snapshot: profile_store.StoreSnapshot, policy
                        for s in filters.get("segments") or []),
         qualified_from_ms=_ms(qualification.get("startTime")), qualified_to_ms=_ms(qualification.get("endTime")),
         from_ingest_ms=_ms(filters.get("fromIngestTimestamp")), empty_profiles=bool(filters.get("emptyProfiles")),
-        events=events, slices=partition_count(inputs.fragments, inputs.event_count), partitions=inputs.partitions,
+        events=events, slices=partition_count(inputs.fragments), partitions=inputs.partitions,
         memberships=memberships.current_memberships(platform, snapshot.tenant, policy.id),
     )
 

@@ -198,7 +198,6 @@ class MergeInputs:
     event_structure: Structure
     fragments: int  # index rows of the merged datasets: how many fragments the merge reads
     partitions: list[Partition] | None = None  # under `pdg`: the sources as the store keeps them by cluster
-    event_count: int = 0  # index rows of the event datasets
 
 
 def merge_inputs(platform: Platform, snapshot: StoreSnapshot, policy: MergePolicy) -> MergeInputs:
@@ -217,11 +216,10 @@ def merge_inputs(platform: Platform, snapshot: StoreSnapshot, policy: MergePolic
                              identities=identities, max_cluster_size=limit) if entries else []
     members = snapshot.path(snapshot.manifest.members) if stitched and snapshot.manifest.members else None
     fragments = sum(pq.read_metadata(snapshot.path(f)).num_rows for entry in records.values() for f in entry.files)
-    event_count = sum(pq.read_metadata(snapshot.path(f)).num_rows for entry in entries for f in entry.files)
     stored = snapshot.manifest.partitions
     partitions = (partitioned_sources(snapshot.view, stored, records, max_cluster_size=limit)
                   if stitched and stored is not None and set(records) <= set(stored.datasets) else None)
-    return MergeInputs(rule, stitched, sources, members, events, structure, fragments, partitions, event_count)
+    return MergeInputs(rule, stitched, sources, members, events, structure, fragments, partitions)
 
 
 def snapshot(platform: Platform, tenant: Tenant) -> StoreSnapshot:
