@@ -3,6 +3,8 @@ events attached from a second, position-ordered stream, and a stitched profile's
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +225,37 @@ def test_a_partitions_events_are_cut_for_its_rows_in_any_order(events: list[tupl
         sorted(e["i"] for e in lst) if lst else None for lst in map(expected, rows)]
     assert [[(events[e["i"]][1], events[e["i"]][2]) for e in lst] if lst else None for lst in got] == [
         [(events[e["i"]][1], events[e["i"]][2]) for e in lst] if lst else None for lst in map(expected, rows)]
+
+
+def test_slices_loaded_ahead_never_share_a_cursor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two slices load ahead on two threads while the current one is written. The slice two ahead is submitted
+    before the current one is awaited: when the one after the current finishes first, it must not start on the
+    cursor the current one still uses (DuckDB refuses a connection busy with another call)."""
+    conn = duckdb.connect()
+    conn.execute("""CREATE TABLE crm AS SELECT 'g' || (range % 60)::VARCHAR AS _group, 'crm' AS _dataset,
+                    1000 + range AS _ingest_ms, 'b' AS _batch, {'name': 'n' || range::VARCHAR} AS person
+                    FROM range(120)""")
+    plan = ExportPlan([FragmentSource("crm", "crm", {"person": {"struct": {"name": "VARCHAR"}}})],
+                      MergeRule("timestampOrdered"), slices=6)
+    in_use: set[int] = set()
+    shared: list[int] = []
+    lock = threading.Lock()
+    load_part = export._load_part
+
+    def watched(query: Any, part: ExportPart, cursor: duckdb.DuckDBPyConnection) -> Any:
+        with lock:
+            if id(cursor) in in_use:
+                shared.append(part.slice or 0)
+            in_use.add(id(cursor))
+        try:
+            if part.slice == 2:
+                time.sleep(0.5)  # slice 3 finishes first, and slice 4 is then submitted while 2 still loads
+            return load_part(query, part, cursor)
+        finally:
+            with lock:
+                in_use.discard(id(cursor))
+
+    monkeypatch.setattr(export, "_load_part", watched)
+    written = write_parquet(conn, export_query(plan, scratch=tmp_path / "scratch"), tmp_path / "out",
+                            rows_per_file=1000)
+    assert written.rows == 60 and shared == []

@@ -21,6 +21,7 @@ profile with only events (`emptyProfiles: true`) carries the identities its even
 
 from __future__ import annotations
 
+import queue
 import shutil
 import tempfile
 import threading
@@ -669,13 +670,25 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
         loader = ThreadPoolExecutor(max_workers=loaders)
         cursors = [conn.cursor() for _ in range(loaders)]  # a connection serves one thread at a time
         result.cursors.extend(cursors)
+        free: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
+        for cursor in cursors:
+            free.put(cursor)
+
+        def load(ahead: ExportPart) -> _Loaded:
+            # A free cursor, not one chosen by the part's number: the parts ahead are submitted before the current
+            # one is awaited, so part k + 2 may start while part k still runs.
+            cursor = free.get()
+            try:
+                return _load_part(whole, ahead, cursor)
+            finally:
+                free.put(cursor)
+
         upcoming: dict[int, Future[_Loaded]] = {}
         try:
             for number, part in enumerate(whole.parts):
                 for ahead in range(number + 1, min(number + 1 + loaders, len(whole.parts))):
                     if ahead not in upcoming and whole.parts[ahead].slice is not None:
-                        upcoming[ahead] = loader.submit(_load_part, whole, whole.parts[ahead],
-                                                        cursors[ahead % loaders])
+                        upcoming[ahead] = loader.submit(load, whole.parts[ahead])
                 future = upcoming.pop(number, None)
                 loaded = future.result() if future is not None else _load_part(whole, part, conn)
                 if result.interrupted.is_set():
