@@ -196,21 +196,21 @@ def test_the_namespace_counted_on_arrow_is_the_one_sql_counts(conn: duckdb.DuckD
 
 
 @settings(max_examples=60, deadline=None)
-@given(events=st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 3), st.sampled_from("xyz")), max_size=40),
+@given(events=st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 3), st.integers(0, 2)), max_size=40),
        rows=st.permutations(range(4)).flatmap(lambda p: st.lists(st.sampled_from(p), unique=True, max_size=4)),
        chunk=st.integers(1, 8))
-def test_a_partitions_events_are_cut_for_its_rows_in_any_order(events: list[tuple[str, int, str]], rows: list[int],
+def test_a_partitions_events_are_cut_for_its_rows_in_any_order(events: list[tuple[str, int, int]], rows: list[int],
                                                                  chunk: int) -> None:
     """`_PartEvents` against a reference: each row (a merged profile, by position among the part's groups `a`..`d`;
-    rows asked in any order, some not at all, in batches) gets its group's events ordered by (time, xid), NULL
-    when it has none; events of groups with no profile (`e`, `f`) are nobody's."""
+    rows asked in any order, some not at all, in batches) gets its group's events ordered by (time, tie-breaker),
+    NULL when it has none; events of groups with no profile (`e`, `f`) are nobody's."""
     groups = ["a", "b", "c", "d"]
-    table = pa.table({"_group": [g for g, _, _ in events], "__t": [t for _, t, _ in events],
-                      "_xid": [x for _, _, x in events],
+    table = pa.table({"__g": [g for g, _, _ in events], "__t": [t for _, t, _ in events],
+                      "__x": [x for _, _, x in events],
                       "__event": [{"i": i, "t": t} for i, (_, t, _) in enumerate(events)]},
-                     schema=pa.schema([("_group", pa.string()), ("__t", pa.int64()), ("_xid", pa.string()),
+                     schema=pa.schema([("__g", pa.string()), ("__t", pa.int64()), ("__x", pa.int64()),
                                        ("__event", pa.struct([("i", pa.int64()), ("t", pa.int64())]))]))
-    cut = export._PartEvents(table, pa.chunked_array([groups]))
+    cut = export._PartEvents(table, pa.array(groups))
     got: list[Any] = []
     for start in range(0, len(rows), chunk):
         batch = pa.record_batch({"__row": pa.array(rows[start:start + chunk], pa.int64())})
@@ -220,7 +220,8 @@ def test_a_partitions_events_are_cut_for_its_rows_in_any_order(events: list[tupl
         mine = sorted((t, x, i) for i, (g, t, x) in enumerate(events) if g == groups[row])
         return [{"i": i, "t": t} for t, _, i in mine] or None
 
-    # ties on (time, xid) may come in either order: compare each list's events as a multiset, then their keys in order
+    # ties on (time, tie-breaker) may come in either order: compare each list's events as a multiset, then their
+    # keys in order
     assert [sorted(e["i"] for e in lst) if lst else None for lst in got] == [
         sorted(e["i"] for e in lst) if lst else None for lst in map(expected, rows)]
     assert [[(events[e["i"]][1], events[e["i"]][2]) for e in lst] if lst else None for lst in got] == [
@@ -259,3 +260,20 @@ def test_slices_loaded_ahead_never_share_a_cursor(tmp_path: Path, monkeypatch: p
     written = write_parquet(conn, export_query(plan, scratch=tmp_path / "scratch"), tmp_path / "out",
                             rows_per_file=1000)
     assert written.rows == 60 and shared == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys=st.lists(st.one_of(st.none(), st.binary(min_size=16, max_size=16)), max_size=20),
+       upper=st.booleans(), cut=st.integers(0, 20))
+def test_group_keys_are_the_bytes_their_hex_digits_spell(keys: list[bytes | None], upper: bool, cut: int) -> None:
+    """`_group_keys` (numpy) against `bytes.fromhex`, in either case, NULL kept, over any chunking; other forms
+    raise."""
+    texts = [None if k is None else (k.hex().upper() if upper else k.hex()) for k in keys]
+    chunked = pa.chunked_array([pa.array(texts[:cut], pa.string()), pa.array(texts[cut:], pa.string())])
+    got = export._group_keys(chunked)
+    assert got.type == pa.binary(16)
+    assert got.to_pylist() == [None if t is None else bytes.fromhex(t) for t in texts]
+    with pytest.raises(ValueError):
+        export._group_keys(pa.chunked_array([pa.array([*texts, "g" * 32], pa.string())]))
+    with pytest.raises(ValueError):
+        export._group_keys(pa.chunked_array([pa.array([*texts, "ab"], pa.string())]))

@@ -1,9 +1,13 @@
 """A stitched export reads the store's fragments as it keeps them, grouped by cluster (`Partitions`), instead of
-splitting them itself: both ways give the same rows, with and without `fields`, filters and an event list."""
+splitting them itself: both ways give the same rows, with and without `fields`, filters and an event list (its
+events read another way too, `_split_events`: from several lake files, inside an ingestion window, without the
+events of oversized graphs)."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ REQUESTS: list[dict[str, Any]] = [
     {"fields": "person.name.firstName,identities,personalEmail",
      "filter": {"fromIngestTimestamp": "2000-01-01T00:00:00Z"}},
     {"additionalFields": {"eventList": {"fields": "_id,timestamp"}}},
+    {"additionalFields": {"eventList": {"filter": {"fromIngestTimestamp": "between the event batches"}}}},
 ]
 
 
@@ -32,13 +37,13 @@ def exported(platform: Platform, plan: Any, out: Path) -> list[dict[str, Any]]:
     written = write_parquet(conn, export_query(plan, scratch=out.with_suffix(".scratch")), out, rows_per_file=1000)
     rows = [r for name, _, _ in written.files for r in pq.read_table(out / name).to_pylist()]
     for row in rows:
-        for key in ("identities", "timeSeriesEvents"):
-            if row.get(key):
-                row[key] = sorted(row[key], key=str)
+        if row.get("identities"):
+            row["identities"] = sorted(row["identities"], key=str)
     return sorted(rows, key=str)
 
 
-@pytest.mark.parametrize("request_body", REQUESTS, ids=["all-fields", "fields-and-filter", "event-list"])
+@pytest.mark.parametrize("request_body", REQUESTS, ids=["all-fields", "fields-and-filter", "event-list",
+                                                      "event-window"])
 def test_an_export_of_the_partitions_equals_one_that_splits_the_fragments(
         api: Api, platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         request_body: dict[str, Any]) -> None:
@@ -49,8 +54,21 @@ def test_an_export_of_the_partitions_equals_one_that_splits_the_fragments(
     ingest(api, loyalty, [{"identityMap": {"email": [{"id": f"p{i}@x.com", "primary": True}],
                                            "ECID": [{"id": f"{i:038d}"}]},
                            "person": {"name": {"firstName": f"L{i}", "lastName": "Loyal"}}} for i in range(0, 12, 3)])
-    ingest(api, web, [event(f"e{i}-{j}", f"{i:038d}", ts=f"2024-05-0{j + 1}T10:00:00Z")
+    # a graph of 4 identities, over the limit of 3: its profile and its events are left out
+    ingest(api, crm, [profile("BIG", "big@x.com", "Big", identityMap={
+        "CRMID": [{"id": "BIG", "primary": True}], "email": [{"id": "big@x.com"}],
+        "ECID": [{"id": "8" * 38}, {"id": "9" * 38}]})])
+    monkeypatch.setattr(platform.settings, "max_graph_identities", 3)
+    # events in two batches (two lake files), a profile's events in both, the second batch's times earlier
+    ingest(api, web, [event(f"e{i}-{j}", f"{i:038d}", ts=f"2024-05-0{j + 4}T10:00:00Z")
                       for i in range(0, 12, 3) for j in range(3)] + [event("stray", "7" * 38)])
+    between = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    time.sleep(0.01)
+    ingest(api, web, [event(f"f{i}", f"{i:038d}", ts="2024-05-01T10:00:00Z") for i in range(0, 12, 3)]
+           + [event("big", "9" * 38)])
+    window = (request_body.get("additionalFields") or {}).get("eventList", {}).get("filter")
+    if window:
+        request_body = {"additionalFields": {"eventList": {"filter": {"fromIngestTimestamp": between}}}}
     tenant = tenant_of(platform)
     snapshot = settled(platform, tenant)
     with platform.engine.connect() as conn:
@@ -62,4 +80,8 @@ def test_an_export_of_the_partitions_equals_one_that_splits_the_fragments(
     assert from_partitions == split
     assert len(split) == 12
     if "additionalFields" in request_body:
-        assert sum(len(r["timeSeriesEvents"] or []) for r in split) == 12
+        lists = [[e["_id"] for e in r["timeSeriesEvents"]] for r in split if r["timeSeriesEvents"]]
+        if window:
+            assert sorted(lists) == [[f"f{i}"] for i in (0, 3, 6, 9)]
+        else:  # in event time: the second batch's event first
+            assert sorted(lists) == [[f"f{i}", *(f"e{i}-{j}" for j in range(3))] for i in (0, 3, 6, 9)]

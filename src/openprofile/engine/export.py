@@ -54,10 +54,12 @@ from openprofile.engine.merge import (
 )
 from openprofile.engine.merge_arrow import merge_table
 from openprofile.engine.profile_store import (
+    PARTITION_ROWS,
     DatasetFiles,
     StoreFiles,
     indexed_rows,
     partition_of,
+    split_batches,
     write_split,
 )
 from openprofile.engine.profiles import Partition
@@ -85,14 +87,28 @@ class SegmentCondition:
 
 
 @dataclass(frozen=True)
+class EventFiles:
+    """The files behind an export's event relations, for the split by partition (`_split_events`): every event
+    dataset's lake files (each with the name its index rows give it, their `_file`) and index files, and when
+    identities are stitched the identities index, with the largest cluster kept."""
+
+    lake: tuple[tuple[str, Path], ...]
+    index: tuple[Path, ...]
+    identities: Path | None = None
+    max_cluster_size: int | None = None
+
+
+@dataclass(frozen=True)
 class EventPlan:
-    """Event relations carrying `_group` (as fragments do), the event fields, and the ingestion window."""
+    """Event relations carrying `_group` (as fragments do), the event fields, and the ingestion window; `files`,
+    the files the relations read (the store's events have them)."""
 
     relations: list[str]
     structure: Structure
     paths: list[str] | None
     from_ingest_ms: int | None = None
     to_ingest_ms: int | None = None
+    files: EventFiles | None = None
 
 
 @dataclass(frozen=True)
@@ -178,20 +194,34 @@ def _event_union(events: EventPlan) -> str:
     return " UNION ALL BY NAME ".join(f"SELECT * FROM {r}" for r in events.relations)
 
 
-def _events_projected(events: EventPlan) -> str:
-    """The events inside the ingestion window, projected: `_group`, `__event` and the sort keys `__t`, `_xid`."""
+def _ingest_window(events: EventPlan, source: str) -> str:
+    """SQL: the events of `source` (with `_ingest_ms`) inside the event list's ingestion window."""
     window = ["TRUE"]
     if events.from_ingest_ms is not None:
-        window.append(f"e._ingest_ms > {int(events.from_ingest_ms)}")
+        window.append(f"{source}._ingest_ms > {int(events.from_ingest_ms)}")
     if events.to_ingest_ms is not None:
-        window.append(f"e._ingest_ms < {int(events.to_ingest_ms)}")
+        window.append(f"{source}._ingest_ms < {int(events.to_ingest_ms)}")
+    return " AND ".join(window)
+
+
+def _event_struct(events: EventPlan, source: str) -> str:
+    """SQL: the event of `source` as its `timeSeriesEvents` item, projected by the event list's fields."""
     names = list(project_structure(events.paths, events.structure))
-    items = project_sql(events.paths, events.structure, source="e")
+    items = project_sql(events.paths, events.structure, source=source)
     fields = ", ".join(f"{quote_identifier(n)} := {item[: -len(' AS ' + quote_identifier(n))]}"
                        for n, item in zip(names, items, strict=True))
-    order = 'e."timestamp"' if "timestamp" in events.structure else "e._ingest_ms"
-    return (f"(SELECT e._group, struct_pack({fields}) AS __event, {order} AS __t, e._xid "
-            f"FROM ({_event_union(events)}) e WHERE {' AND '.join(window)})")
+    return f"struct_pack({fields})"
+
+
+def _event_time(events: EventPlan, source: str) -> str:
+    """SQL: what a profile's events are ordered by — the event's `timestamp`, else its ingestion time."""
+    return f'{source}."timestamp"' if "timestamp" in events.structure else f"{source}._ingest_ms"
+
+
+def _events_projected(events: EventPlan) -> str:
+    """The events inside the ingestion window, projected: `_group`, `__event` and the sort keys `__t`, `_xid`."""
+    return (f"(SELECT e._group, {_event_struct(events, 'e')} AS __event, {_event_time(events, 'e')} AS __t, e._xid "
+            f"FROM ({_event_union(events)}) e WHERE {_ingest_window(events, 'e')})")
 
 
 def _events_select(projected: str, rows: str) -> str:
@@ -279,6 +309,8 @@ class ExportQuery:
     splits: tuple[tuple[str, str], ...] = ()
     slices: int = 1
     scratch: Path | None = None
+    events: tuple[EventPlan, str] | None = None
+    """The store's events and the name of their split (`_split_events`), split as the splits are."""
 
 
 def _slice_table(name: str, number: int) -> str:
@@ -297,7 +329,7 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
     segments = (only_segment,) if only_segment else plan.segments
     joins_events = plan.events is not None and plan.empty_profiles and not segments
     sliced = scratch is not None and not joins_events
-    stored = plan.partitions if sliced else None
+    stored = plan.partitions if sliced and (plan.events is None or plan.events.files is not None) else None
     slices = (len(stored) if stored is not None else plan.slices) if sliced else 1
     members = members_relation(plan.members) if plan.members is not None else None
     merged_columns = profile_structure(plan.sources)
@@ -315,8 +347,6 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
         split_memberships = computed is not None and slices > 1
         if computed is not None and split_memberships:
             splits.append((computed, f"{table}_slice_s"))
-        if plan.events is not None:
-            splits.append((_events_projected(plan.events), f"{table}_slice_e"))
         parts = [(fragment_rows_sql(p.sources, plan.rule), _members_part(p) if members is not None else None,
                   _slice_table(f"{table}_slice_s", k) if split_memberships else computed)
                  for k, p in enumerate(stored)]
@@ -361,12 +391,12 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
         if as_they_are:
             return ExportQuery(tuple(ExportPart(None, slice=k, merge=arrow_merges[k], columns=tuple(structure),
                                                 event_slice=event_slice) for k in range(len(parts))),
-                               tuple(splits), slices, scratch)
+                               tuple(splits), slices, scratch, (plan.events, event_slice))
         return ExportQuery(tuple(ExportPart(f"SELECT {', '.join([*projection, namespace])}, m.__row "
                                             f"FROM ({merged(*part)}) m {where}", slice=k, merge=arrow_merges[k],
                                             event_slice=event_slice)
                                  for k, part in enumerate(parts)),
-                           tuple(splits), slices, scratch)
+                           tuple(splits), slices, scratch, (plan.events, event_slice))
     if plan.events is None and as_they_are:
         # All fields, no filter: the merged rows are the batch's rows as they are.
         return ExportQuery(tuple(ExportPart(None, slice=k if slices > 1 else None, merge=arrow_merges[k],
@@ -415,6 +445,115 @@ def _split(conn: duckdb.DuckDBPyConnection, relation: str, name: str, slices: in
                 slices, lambda k, schema: ipc.new_file(scratch / f"{_slice_table(name, k)}.arrow", schema))
 
 
+def _as_bytes16(values: pa.ChunkedArray) -> npt.NDArray[np.void]:
+    """Binary values of 16 bytes each, none NULL, as numpy items of 16 bytes (taken from at numpy's speed)."""
+    parts = []
+    for chunk in values.chunks:
+        chunk = chunk.cast(pa.binary())
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+        if chunk.null_count or len(data) != 16 * len(chunk):
+            raise ValueError("expected binary values of 16 bytes each")
+        parts.append(data.view("V16"))
+    return np.concatenate(parts) if parts else np.empty(0, dtype="V16")
+
+
+def _bytes16_array(values: npt.NDArray[np.void]) -> pa.Array:
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(values), [None, pa.py_buffer(values)])
+
+
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def _group_keys(groups: pa.ChunkedArray) -> pa.Array:
+    """Group keys (32 hex digits) as the 16 bytes they spell, as the event split keys events (`__g`); NULL stays
+    NULL. A key of another form is a bug, not data: it raises."""
+    strings = groups.combine_chunks().cast(pa.string()) if groups.num_chunks != 1 else groups.chunk(0).cast(
+        pa.string())
+    valid = strings.is_valid()
+    filled = pc.fill_null(strings, "0" * 32)
+    offsets = np.frombuffer(filled.buffers()[1], dtype=np.int32)[filled.offset:filled.offset + len(filled) + 1]
+    digits = _HEX[np.frombuffer(filled.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]]
+    if len(digits) != 32 * len(filled) or (digits == 255).any():
+        raise ValueError("group keys must be 32 hex digits")
+    pairs = digits.reshape(-1, 2)
+    packed = np.ascontiguousarray((pairs[:, 0] << 4) | pairs[:, 1])
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(filled), [
+        None if strings.null_count == 0 else valid.buffers()[1], pa.py_buffer(packed)],
+        null_count=strings.null_count)
+
+
+def _split_events(conn: duckdb.DuckDBPyConnection, events: EventPlan, name: str, slices: int,
+                  scratch: Path) -> None:
+    """`_split` for the store's events (`events.files`), into slices of (`__g`, `__event`, `__t`, `__x`): the
+    event's group as the 16 bytes its 32 hex digits spell (`_group_keys`), the event, and the sort keys — event
+    time and the tie-breaker, the rank of the event's identity among the identities (their order is their xid's).
+
+    The wide lake rows are never joined: the index alone is joined to the identities (narrow columns), each
+    index row keyed by its lake row's place among all lake files' rows (the file's first place plus `_rn`); the
+    lake files are then read once, each row finding its index row at its place in a numpy array."""
+    files = events.files
+    assert files is not None
+    scratch.mkdir(parents=True, exist_ok=True)
+    counts = [pq.read_metadata(path).num_rows for _, path in files.lake]
+    firsts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    index = ", ".join(_quote(str(p)) for p in files.index)
+    if files.identities is not None:
+        limit = f" AND c.cluster_size <= {int(files.max_cluster_size)}" if files.max_cluster_size else ""
+        identities = (f"JOIN read_parquet({_quote(str(files.identities))}, file_row_number = true) c "
+                      f"ON c.xid = i._xid{limit}")
+        group, tie = "c.cluster", "c.file_row_number"
+    else:
+        identities, group, tie = "", "i._xid", "0"
+    timed = "timestamp" in events.structure
+    narrow = (f"SELECT __key, unhex(g) AS __g, {partition_of('g', slices)} AS __part, __x"
+              f"{'' if timed else ', __t'} FROM ("
+              f"SELECT f.__first + i._rn AS __key, replace({group}::VARCHAR, '-', '') AS g, {tie}::BIGINT AS __x, "
+              f"i._ingest_ms AS __t FROM read_parquet([{index}]) i JOIN __event_files f USING (_file) {identities} "
+              f"WHERE {_ingest_window(events, 'i')})") if files.index else None
+    lake = pa.table({"_file": [n for n, _ in files.lake], "__first": pa.array(firsts[:-1], pa.int64())})
+    with _registered(conn, {"__event_files": lake}):
+        found = conn.sql(narrow).to_arrow_table() if narrow is not None else None
+    if found is None or found.num_rows == 0 or not files.lake:
+        split_batches(pa.schema([("__part", pa.int32())]), [], slices,
+                      lambda k, schema: ipc.new_file(scratch / f"{_slice_table(name, k)}.arrow", schema))
+        return
+    row = np.full(int(firsts[-1]), -1, dtype=np.int64)  # each lake row's index row, -1 when none
+    row[found.column("__key").to_numpy()] = np.arange(found.num_rows, dtype=np.int64)
+    groups = _as_bytes16(found.column("__g"))
+    parts = found.column("__part").to_numpy()
+    ties = found.column("__x").to_numpy()
+    ingested = None if timed else found.column("__t").to_numpy()
+    del found
+    wide = " UNION ALL BY NAME ".join(
+        f"SELECT {int(first)} + file_row_number AS __key, * EXCLUDE (file_row_number) "
+        f"FROM read_parquet({_quote(str(path))}, file_row_number = true)"
+        for first, (_, path) in zip(firsts[:-1], files.lake, strict=True))
+    reader = conn.sql(f"SELECT e.__key, {_event_struct(events, 'e')} AS __event"
+                      f"{', ' + _event_time(events, 'e') + ' AS __t' if timed else ''} "
+                      f"FROM ({wide}) e").to_arrow_reader(PARTITION_ROWS)
+    event_type = reader.schema.field("__event").type
+    time_type = reader.schema.field("__t").type if timed else pa.int64()
+    schema = pa.schema([("__g", pa.binary(16)), ("__event", event_type), ("__t", time_type), ("__x", pa.int64()),
+                        ("__part", pa.int32())])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader:
+            at = row[batch.column("__key").to_numpy()]
+            kept = at >= 0
+            if not kept.all():
+                batch, at = batch.filter(pa.array(kept)), at[kept]
+            times = batch.column("__t") if ingested is None else pa.array(ingested[at])
+            yield pa.RecordBatch.from_arrays(
+                [_bytes16_array(groups[at]), batch.column("__event"), times, pa.array(ties[at]),
+                 pa.array(parts[at])], schema=schema)
+
+    split_batches(schema, batches(), slices,
+                  lambda k, schema: ipc.new_file(scratch / f"{_slice_table(name, k)}.arrow", schema))
+
+
 @dataclass
 class _Loaded:
     """What a part reads, made before it runs: its tables by name, and its events (`ExportPart.event_slice`)."""
@@ -428,11 +567,12 @@ def _load_part(query: ExportQuery, part: ExportPart, conn: duckdb.DuckDBPyConnec
     tables = _part_tables(query, part, conn)
     if part.event_slice is None:
         return _Loaded(tables)
-    assert part.merge is not None and part.slice is not None
-    events = tables.pop(_slice_table(part.event_slice, part.slice))
+    assert part.merge is not None and part.slice is not None and query.scratch is not None
+    events = ipc.open_file(pa.memory_map(str(query.scratch / f"{_slice_table(part.event_slice, part.slice)}.arrow"))
+                           ).read_all()
     merged = tables[part.merge.name]
     tables[part.merge.name] = merged.append_column("__row", pa.array(np.arange(merged.num_rows, dtype=np.int64)))
-    return _Loaded(tables, _PartEvents(events, merged.column("_group")))
+    return _Loaded(tables, _PartEvents(events, _group_keys(merged.column("_group"))))
 
 
 def _release_memory(conn: duckdb.DuckDBPyConnection) -> None:
@@ -615,16 +755,17 @@ class _Events(Protocol):
 
 class _PartEvents:
     """One part's events cut into its profile rows' `timeSeriesEvents` (NULL when none), whatever the rows'
-    order: the events (`_group`, `__t`, `_xid`, `__event`, in no order) are ordered once by (profile, event time,
-    `_xid`) — the profile being the position of its group among the part's merged `groups` — and each batch
-    of rows (`__row`, that position) takes the runs of its profiles. Events of groups with no merged profile
-    are left out. The take runs on the writer's lane, not on the thread reading the rows."""
+    order: the events (`__g`, their group's key, `__t`, `__x`, `__event`, in no order) are ordered once by
+    (profile, `__t`, `__x`) — the profile being the position of its group among the part's merged `groups`
+    (keys of `__g`'s type) — and each batch of rows (`__row`, that position) takes the runs of its profiles.
+    Events of groups with no merged profile are left out. The take runs on the writer's lane, not on the thread
+    reading the rows."""
 
-    def __init__(self, events: pa.Table, groups: pa.ChunkedArray) -> None:
+    def __init__(self, events: pa.Table, groups: pa.Array) -> None:
         event_type = events.schema.field("__event").type
         self.type = pa.list_(pa.field("l", event_type))
-        position = pc.index_in(events.column("_group"), value_set=groups.combine_chunks())
-        keys = pa.table({"p": position, "t": events.column("__t"), "x": events.column("_xid")})
+        position = pc.index_in(events.column("__g"), value_set=groups)
+        keys = pa.table({"p": position, "t": events.column("__t"), "x": events.column("__x")})
         order = pc.sort_indices(keys, sort_keys=[("p", "ascending"), ("t", "ascending"), ("x", "ascending")])
         kept = len(position) - position.null_count
         self.order = np.asarray(order, dtype=np.int64)[:kept]
@@ -746,7 +887,10 @@ def write_parquet(conn: duckdb.DuckDBPyConnection, query: ExportQuery | ExportPa
         for relation, name in whole.splits:
             assert whole.scratch is not None
             _split(conn, relation, name, whole.slices, whole.scratch)
-        if whole.splits:
+        if whole.events is not None:
+            assert whole.scratch is not None
+            _split_events(conn, whole.events[0], whole.events[1], whole.slices, whole.scratch)
+        if whole.splits or whole.events is not None:
             _release_memory(conn)
         result.query_ms += (time.perf_counter() - started) * 1000
         parts = streams()

@@ -63,7 +63,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -515,14 +515,20 @@ class BatchWriter(Protocol):
 
 def write_split(conn: duckdb.DuckDBPyConnection, select: str, count: int,
                 open_writer: Callable[[int, pa.Schema], BatchWriter]) -> None:
-    """Write the rows of `select`, whose column `__part` is each row's partition (dropped), with one writer per
+    """Write the rows of `select`, whose column `__part` is each row's partition, as `split_batches` does."""
+    reader = conn.sql(select).to_arrow_reader(PARTITION_ROWS)
+    split_batches(reader.schema, reader, count, open_writer)
+
+
+def split_batches(schema: pa.Schema, batches: Iterable[pa.RecordBatch], count: int,
+                  open_writer: Callable[[int, pa.Schema], BatchWriter]) -> None:
+    """Write the batches (of `schema`, whose column `__part` is each row's partition, dropped) with one writer per
     partition (`open_writer(k, schema)`, every partition has one, empty or not): each batch is sorted by
     partition once and cut (DuckDB's own partitioned writers cost several times more on nested columns)."""
-    reader = conn.sql(select).to_arrow_reader(PARTITION_ROWS)
-    schema = reader.schema.remove(reader.schema.get_field_index("__part"))
+    schema = schema.remove(schema.get_field_index("__part"))
     writers: dict[int, BatchWriter] = {}
     try:
-        for batch in reader:
+        for batch in batches:
             part = batch.column("__part").to_numpy()
             order = np.argsort(part, kind="stable")
             ends = np.cumsum(np.bincount(part, minlength=count))

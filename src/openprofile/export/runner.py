@@ -67,7 +67,8 @@ def build_plan(platform: Platform, snapshot: profile_store.StoreSnapshot, policy
         window = event_list.get("filter") or {}
         events = EventPlan(
             relations=inputs.events, structure=inputs.event_structure, paths=parse_fields(event_list.get("fields")),
-            from_ingest_ms=_ms(window.get("fromIngestTimestamp")), to_ingest_ms=_ms(window.get("toIngestTimestamp")))
+            from_ingest_ms=_ms(window.get("fromIngestTimestamp")), to_ingest_ms=_ms(window.get("toIngestTimestamp")),
+            files=inputs.event_files)
     return ExportPlan(
         sources=inputs.sources, rule=inputs.rule, members=inputs.members, paths=parse_fields(request.get("fields")),
         segments=tuple(SegmentCondition(s["segmentId"], s.get("segmentNs", "ups"),

@@ -27,7 +27,7 @@ from openprofile.core.platform import Platform
 from openprofile.core.queue import ClaimedJob, Handler, enqueue
 from openprofile.core.tables import profile_batches, profile_deletions
 from openprofile.core.tenancy import Tenant
-from openprofile.engine.export import event_relations
+from openprofile.engine.export import EventFiles, event_relations
 from openprofile.engine.merge import FragmentSource, MergeRule
 from openprofile.engine.profile_store import BatchInput, DatasetFiles, Manifest, StoreFiles, Tombstone, apply_batches
 from openprofile.engine.profiles import Partition, StoreView, fragment_sources, partitioned_sources
@@ -198,6 +198,7 @@ class MergeInputs:
     event_structure: Structure
     fragments: int  # index rows of the merged datasets: how many fragments the merge reads
     partitions: list[Partition] | None = None  # under `pdg`: the sources as the store keeps them by cluster
+    event_files: EventFiles | None = None  # the files the event relations read
 
 
 def merge_inputs(platform: Platform, snapshot: StoreSnapshot, policy: MergePolicy) -> MergeInputs:
@@ -219,7 +220,11 @@ def merge_inputs(platform: Platform, snapshot: StoreSnapshot, policy: MergePolic
     stored = snapshot.manifest.partitions
     partitions = (partitioned_sources(snapshot.view, stored, records, max_cluster_size=limit)
                   if stitched and stored is not None and set(records) <= set(stored.datasets) else None)
-    return MergeInputs(rule, stitched, sources, members, events, structure, fragments, partitions)
+    event_files = EventFiles(
+        tuple((name, snapshot.view.lake_root / name) for entry in entries for name in entry.lake_files),
+        tuple(snapshot.path(f) for entry in entries for f in entry.files),
+        identities if stitched else None, limit) if entries else None
+    return MergeInputs(rule, stitched, sources, members, events, structure, fragments, partitions, event_files)
 
 
 def snapshot(platform: Platform, tenant: Tenant) -> StoreSnapshot:
