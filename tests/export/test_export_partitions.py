@@ -29,6 +29,7 @@ REQUESTS: list[dict[str, Any]] = [
      "filter": {"fromIngestTimestamp": "2000-01-01T00:00:00Z"}},
     {"additionalFields": {"eventList": {"fields": "_id,timestamp"}}},
     {"additionalFields": {"eventList": {"filter": {"fromIngestTimestamp": "between the event batches"}}}},
+    {"additionalFields": {"eventList": {"filter": {"toIngestTimestamp": "2000-01-01T00:00:00Z"}}}},
 ]
 
 
@@ -43,7 +44,7 @@ def exported(platform: Platform, plan: Any, out: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("request_body", REQUESTS, ids=["all-fields", "fields-and-filter", "event-list",
-                                                      "event-window"])
+                                                      "event-window", "no-event-in-window"])
 def test_an_export_of_the_partitions_equals_one_that_splits_the_fragments(
         api: Api, platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         request_body: dict[str, Any]) -> None:
@@ -66,8 +67,8 @@ def test_an_export_of_the_partitions_equals_one_that_splits_the_fragments(
     time.sleep(0.01)
     ingest(api, web, [event(f"f{i}", f"{i:038d}", ts="2024-05-01T10:00:00Z") for i in range(0, 12, 3)]
            + [event("big", "9" * 38)])
-    window = (request_body.get("additionalFields") or {}).get("eventList", {}).get("filter")
-    if window:
+    window = (request_body.get("additionalFields") or {}).get("eventList", {}).get("filter") or {}
+    if "fromIngestTimestamp" in window:
         request_body = {"additionalFields": {"eventList": {"filter": {"fromIngestTimestamp": between}}}}
     tenant = tenant_of(platform)
     snapshot = settled(platform, tenant)
@@ -81,7 +82,9 @@ def test_an_export_of_the_partitions_equals_one_that_splits_the_fragments(
     assert len(split) == 12
     if "additionalFields" in request_body:
         lists = [[e["_id"] for e in r["timeSeriesEvents"]] for r in split if r["timeSeriesEvents"]]
-        if window:
+        if "toIngestTimestamp" in window:
+            assert lists == []
+        elif window:
             assert sorted(lists) == [[f"f{i}"] for i in (0, 3, 6, 9)]
         else:  # in event time: the second batch's event first
             assert sorted(lists) == [[f"f{i}", *(f"e{i}-{j}" for j in range(3))] for i in (0, 3, 6, 9)]

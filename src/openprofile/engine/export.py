@@ -9,9 +9,9 @@ strictly later) → `fields` projection → `timeSeriesEvents` (the profile's ev
 ingestion-time window, projected by the event-list fields, attached after the audience filter).
 
 Event lists: when the store's partitions are merged (a stitched export), the events are split once by the
-same partitions, and each partition's events are ordered for its profiles and cut into their lists
-(`_PartEvents`); otherwise the profile rows are kept in a table and every event, joined to its row's
-position, is sorted in buckets (`_EventLists`).
+same partitions (the lake files read once, never joined: `_split_events`), and each partition's events are
+ordered for its profiles and cut into their lists (`_PartEvents`); otherwise the profile rows are kept in a
+table and every event, joined to its row's position, is sorted in buckets (`_EventLists`).
 
 Choices where the docs are silent: with `fields`, only the selected columns are written (ask for
 `identityMap` or `identities` explicitly, as the docs' events-only example does); `timeSeriesEvents`
@@ -440,9 +440,14 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
 def _split(conn: duckdb.DuckDBPyConnection, relation: str, name: str, slices: int, scratch: Path) -> None:
     """Write the relation's rows that have a `_group` into `slices` Arrow IPC files, by the store's partition of
     their group (`partition_of`), so that slice k goes with the store's partition k."""
-    scratch.mkdir(parents=True, exist_ok=True)
     write_split(conn, f"SELECT *, {partition_of('_group', slices)} AS __part FROM {relation} WHERE _group IS NOT NULL",
-                slices, lambda k, schema: ipc.new_file(scratch / f"{_slice_table(name, k)}.arrow", schema))
+                slices, _slice_files(scratch, name))
+
+
+def _slice_files(scratch: Path, name: str) -> Callable[[int, pa.Schema], ipc.RecordBatchFileWriter]:
+    """Opens slice k of the split `name`: an Arrow IPC file under `scratch`, memory-mapped back by the parts."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    return lambda k, schema: ipc.new_file(scratch / f"{_slice_table(name, k)}.arrow", schema)
 
 
 def _as_bytes16(values: pa.ChunkedArray) -> npt.NDArray[np.void]:
@@ -470,8 +475,7 @@ _HEX[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint
 def _group_keys(groups: pa.ChunkedArray) -> pa.Array:
     """Group keys (32 hex digits) as the 16 bytes they spell, as the event split keys events (`__g`); NULL stays
     NULL. A key of another form is a bug, not data: it raises."""
-    strings = groups.combine_chunks().cast(pa.string()) if groups.num_chunks != 1 else groups.chunk(0).cast(
-        pa.string())
+    strings = (groups.chunk(0) if groups.num_chunks == 1 else groups.combine_chunks()).cast(pa.string())
     valid = strings.is_valid()
     filled = pc.fill_null(strings, "0" * 32)
     offsets = np.frombuffer(filled.buffers()[1], dtype=np.int32)[filled.offset:filled.offset + len(filled) + 1]
@@ -496,7 +500,9 @@ def _split_events(conn: duckdb.DuckDBPyConnection, events: EventPlan, name: str,
     lake files are then read once, each row finding its index row at its place in a numpy array."""
     files = events.files
     assert files is not None
-    scratch.mkdir(parents=True, exist_ok=True)
+    if not files.index or not files.lake:
+        split_batches(pa.schema([("__part", pa.int32())]), [], slices, _slice_files(scratch, name))
+        return
     counts = [pq.read_metadata(path).num_rows for _, path in files.lake]
     firsts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
     index = ", ".join(_quote(str(p)) for p in files.index)
@@ -512,14 +518,10 @@ def _split_events(conn: duckdb.DuckDBPyConnection, events: EventPlan, name: str,
               f"{'' if timed else ', __t'} FROM ("
               f"SELECT f.__first + i._rn AS __key, replace({group}::VARCHAR, '-', '') AS g, {tie}::BIGINT AS __x, "
               f"i._ingest_ms AS __t FROM read_parquet([{index}]) i JOIN __event_files f USING (_file) {identities} "
-              f"WHERE {_ingest_window(events, 'i')})") if files.index else None
+              f"WHERE {_ingest_window(events, 'i')})")
     lake = pa.table({"_file": [n for n, _ in files.lake], "__first": pa.array(firsts[:-1], pa.int64())})
     with _registered(conn, {"__event_files": lake}):
-        found = conn.sql(narrow).to_arrow_table() if narrow is not None else None
-    if found is None or found.num_rows == 0 or not files.lake:
-        split_batches(pa.schema([("__part", pa.int32())]), [], slices,
-                      lambda k, schema: ipc.new_file(scratch / f"{_slice_table(name, k)}.arrow", schema))
-        return
+        found = conn.sql(narrow).to_arrow_table()
     row = np.full(int(firsts[-1]), -1, dtype=np.int64)  # each lake row's index row, -1 when none
     row[found.column("__key").to_numpy()] = np.arange(found.num_rows, dtype=np.int64)
     groups = _as_bytes16(found.column("__g"))
@@ -550,8 +552,7 @@ def _split_events(conn: duckdb.DuckDBPyConnection, events: EventPlan, name: str,
                 [_bytes16_array(groups[at]), batch.column("__event"), times, pa.array(ties[at]),
                  pa.array(parts[at])], schema=schema)
 
-    split_batches(schema, batches(), slices,
-                  lambda k, schema: ipc.new_file(scratch / f"{_slice_table(name, k)}.arrow", schema))
+    split_batches(schema, batches(), slices, _slice_files(scratch, name))
 
 
 @dataclass
