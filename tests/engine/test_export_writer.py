@@ -161,14 +161,19 @@ def test_a_sliced_export_writes_the_same_rows(tmp_path: Path) -> None:
         assert got[0] == got[1] and len(got[0]) == 40
 
 
+def _crm_export(*, groups: int, rows: int, slices: int) -> tuple[duckdb.DuckDBPyConnection, ExportPlan]:
+    """A connection holding `rows` CRM fragments of `groups` profiles, and an export of them in `slices` slices."""
+    conn = duckdb.connect()
+    conn.execute(f"""CREATE TABLE crm AS SELECT 'g' || (range % {groups})::VARCHAR AS _group, 'crm' AS _dataset,
+                     1000 + range AS _ingest_ms, 'b' AS _batch, {{'name': 'n' || range::VARCHAR}} AS person
+                     FROM range({rows})""")
+    return conn, ExportPlan([FragmentSource("crm", "crm", {"person": {"struct": {"name": "VARCHAR"}}})],
+                            MergeRule("timestampOrdered"), slices=slices)
+
+
 def test_an_interrupted_export_stops_between_slices(tmp_path: Path) -> None:
     """A cancel that lands while no query runs (a slice being merged on Arrow arrays) still stops the batch."""
-    conn = duckdb.connect()
-    conn.execute("""CREATE TABLE crm AS SELECT 'g' || (range % 40)::VARCHAR AS _group, 'crm' AS _dataset,
-                    1000 + range AS _ingest_ms, 'b' AS _batch, {'name': 'n' || range::VARCHAR} AS person
-                    FROM range(100)""")
-    plan = ExportPlan([FragmentSource("crm", "crm", {"person": {"struct": {"name": "VARCHAR"}}})],
-                      MergeRule("timestampOrdered"), slices=3)
+    conn, plan = _crm_export(groups=40, rows=100, slices=3)
     written = WrittenBatch()
     written.interrupted.set()
     with pytest.raises(duckdb.InterruptException):
@@ -232,12 +237,7 @@ def test_slices_loaded_ahead_never_share_a_cursor(tmp_path: Path, monkeypatch: p
     """Two slices load ahead on two threads while the current one is written. The slice two ahead is submitted
     before the current one is awaited: when the one after the current finishes first, it must not start on the
     cursor the current one still uses (DuckDB refuses a connection busy with another call)."""
-    conn = duckdb.connect()
-    conn.execute("""CREATE TABLE crm AS SELECT 'g' || (range % 60)::VARCHAR AS _group, 'crm' AS _dataset,
-                    1000 + range AS _ingest_ms, 'b' AS _batch, {'name': 'n' || range::VARCHAR} AS person
-                    FROM range(120)""")
-    plan = ExportPlan([FragmentSource("crm", "crm", {"person": {"struct": {"name": "VARCHAR"}}})],
-                      MergeRule("timestampOrdered"), slices=6)
+    conn, plan = _crm_export(groups=60, rows=120, slices=6)
     in_use: set[int] = set()
     shared: list[int] = []
     lock = threading.Lock()

@@ -57,6 +57,7 @@ from openprofile.engine.profile_store import (
     PARTITION_ROWS,
     DatasetFiles,
     StoreFiles,
+    group_key,
     indexed_rows,
     partition_of,
     split_batches,
@@ -233,7 +234,7 @@ def _events_select(projected: str, rows: str) -> str:
 
 def members_relation(members: Path) -> str:
     """The members index as (_group, ns, id): every identity with the key of its cluster's profile."""
-    return f"(SELECT replace(cluster::VARCHAR, '-', '') AS _group, ns, id FROM read_parquet('{members}'))"
+    return f"(SELECT {group_key('cluster')} AS _group, ns, id FROM read_parquet('{members}'))"
 
 
 def _members_part(partition: Partition) -> str:
@@ -292,9 +293,9 @@ class ExportPart:
     columns: tuple[str, ...] | None = None
     """Instead of `profiles`: the rows are the merge's table's `columns` as they are, with `__ns` (no SQL pass)."""
     event_slice: str | None = None
-    """A split of the events (`_group`, `__event` and the sort keys `__t`, `_xid`): its slice `slice` holds the
-    events of this part's profiles, attached as `timeSeriesEvents` by the rows' `__row`, their position in the
-    merge's table, which has that column too (`_PartEvents`)."""
+    """A split of the events (`__g`, `__event` and the sort keys `__t`, `__x`: `_split_events`): its slice `slice`
+    holds the events of this part's profiles, attached as `timeSeriesEvents` by the rows' `__row`, their position
+    in the merge's table, which has that column too (`_PartEvents`)."""
 
 
 @dataclass(frozen=True)
@@ -344,11 +345,10 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
     if stored is not None:
         # The store keeps the fragments and members by cluster already: only computed memberships (and events)
         # are split.
-        split_memberships = computed is not None and slices > 1
-        if computed is not None and split_memberships:
+        if computed is not None and slices > 1:
             splits.append((computed, f"{table}_slice_s"))
         parts = [(fragment_rows_sql(p.sources, plan.rule), _members_part(p) if members is not None else None,
-                  _slice_table(f"{table}_slice_s", k) if split_memberships else computed)
+                  _slice_table(f"{table}_slice_s", k) if splits else computed)
                  for k, p in enumerate(stored)]
     elif slices > 1:
         assert scratch is not None
@@ -450,6 +450,11 @@ def _slice_files(scratch: Path, name: str) -> Callable[[int, pa.Schema], ipc.Rec
     return lambda k, schema: ipc.new_file(scratch / f"{_slice_table(name, k)}.arrow", schema)
 
 
+def _read_slice(scratch: Path, name: str, number: int) -> pa.Table:
+    """Slice `number` of the split `name` (`_slice_files`), memory-mapped."""
+    return ipc.open_file(pa.memory_map(str(scratch / f"{_slice_table(name, number)}.arrow"))).read_all()
+
+
 def _as_bytes16(values: pa.ChunkedArray) -> npt.NDArray[np.void]:
     """Binary values of 16 bytes each, none NULL, as numpy items of 16 bytes (taken from at numpy's speed)."""
     parts = []
@@ -516,7 +521,7 @@ def _split_events(conn: duckdb.DuckDBPyConnection, events: EventPlan, name: str,
     timed = "timestamp" in events.structure
     narrow = (f"SELECT __key, unhex(g) AS __g, {partition_of('g', slices)} AS __part, __x"
               f"{'' if timed else ', __t'} FROM ("
-              f"SELECT f.__first + i._rn AS __key, replace({group}::VARCHAR, '-', '') AS g, {tie}::BIGINT AS __x, "
+              f"SELECT f.__first + i._rn AS __key, {group_key(group)} AS g, {tie}::BIGINT AS __x, "
               f"i._ingest_ms AS __t FROM read_parquet([{index}]) i JOIN __event_files f USING (_file) {identities} "
               f"WHERE {_ingest_window(events, 'i')})")
     lake = pa.table({"_file": [n for n, _ in files.lake], "__first": pa.array(firsts[:-1], pa.int64())})
@@ -569,8 +574,7 @@ def _load_part(query: ExportQuery, part: ExportPart, conn: duckdb.DuckDBPyConnec
     if part.event_slice is None:
         return _Loaded(tables)
     assert part.merge is not None and part.slice is not None and query.scratch is not None
-    events = ipc.open_file(pa.memory_map(str(query.scratch / f"{_slice_table(part.event_slice, part.slice)}.arrow"))
-                           ).read_all()
+    events = _read_slice(query.scratch, part.event_slice, part.slice)
     merged = tables[part.merge.name]
     tables[part.merge.name] = merged.append_column("__row", pa.array(np.arange(merged.num_rows, dtype=np.int64)))
     return _Loaded(tables, _PartEvents(events, _group_keys(merged.column("_group"))))
@@ -591,8 +595,7 @@ def _part_tables(query: ExportQuery, part: ExportPart, conn: duckdb.DuckDBPyConn
     if part.slice is not None:
         assert query.scratch is not None
         for _, split in query.splits:
-            name = _slice_table(split, part.slice)
-            tables[name] = ipc.open_file(pa.memory_map(str(query.scratch / f"{name}.arrow"))).read_all()
+            tables[_slice_table(split, part.slice)] = _read_slice(query.scratch, split, part.slice)
     merge = part.merge
     if merge is not None:
         def read(relation: str, sql: str) -> pa.Table:
@@ -1050,8 +1053,8 @@ def event_relations(lake_root: Path, store: StoreFiles, entries: list[DatasetFil
         rows = _event_rows(lake_root, store, entry)
         if stitched and identities is not None:
             limit = f"WHERE i.cluster_size <= {int(max_cluster_size)}" if max_cluster_size else ""
-            relations.append(f"(SELECT e.*, replace(i.cluster::VARCHAR, '-', '') AS _group FROM {rows} e "
+            relations.append(f"(SELECT e.*, {group_key('i.cluster')} AS _group FROM {rows} e "
                              f"JOIN read_parquet('{identities}') i ON i.xid = e._xid {limit})")
         else:
-            relations.append(f"(SELECT *, replace(_xid::VARCHAR, '-', '') AS _group FROM {rows})")
+            relations.append(f"(SELECT *, {group_key('_xid')} AS _group FROM {rows})")
     return relations

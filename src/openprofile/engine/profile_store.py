@@ -501,6 +501,12 @@ def partition_count(fragments: int, events: int = 0) -> int:
     return max(1, -(-fragments // FRAGMENTS_PER_PARTITION), -(-events // EVENTS_PER_PARTITION))
 
 
+def group_key(uuid: str) -> str:
+    """SQL: the group key of a cluster (or, unstitched, an identity) from the UUID expression `uuid`: its 32 hex
+    digits, as exports key profiles (`_group`)."""
+    return f"replace({uuid}::VARCHAR, '-', '')"
+
+
 def partition_of(group: str, count: int) -> str:
     """SQL: the partition of the rows whose group key (a cluster's 32 hex digits, as exports key profiles) is
     the expression `group`."""
@@ -579,7 +585,7 @@ def _update_partitions(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manif
     if old is not None and (old.count != count or old.identities != manifest.identities):
         old = None
     identities = f"read_parquet('{_escape(str(store.path(manifest.identities)))}')"
-    group = "replace(c.cluster::VARCHAR, '-', '')"
+    group = group_key("c.cluster")
     if old is not None:
         members = old.members
     else:

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from openprofile.engine.merge import FragmentSource
-from openprofile.engine.profile_store import DatasetFiles, Partitions, StoreFiles, indexed_rows
+from openprofile.engine.profile_store import DatasetFiles, Partitions, StoreFiles, group_key, indexed_rows
 from openprofile.engine.structure import Structure, quote_identifier, to_duckdb_type
 
 
@@ -198,12 +198,11 @@ def fragment_sources(view: StoreView, datasets: dict[str, DatasetFiles], *, stit
         elif stitched and identities is not None:
             rows = indexed_rows(view.lake_root, view.files, entry)
             limit = f"WHERE i.cluster_size <= {int(max_cluster_size)}" if max_cluster_size else ""
-            group_key = "replace(i.cluster::VARCHAR, '-', '')"
-            relation = (f"(SELECT f.*, {group_key} AS _group, {name} AS _dataset FROM {rows} f "
+            relation = (f"(SELECT f.*, {group_key('i.cluster')} AS _group, {name} AS _dataset FROM {rows} f "
                         f"JOIN read_parquet('{identities}') i ON i.xid = f._xid {limit})")
         else:
             rows = indexed_rows(view.lake_root, view.files, entry)
-            relation = f"(SELECT *, replace(_xid::VARCHAR, '-', '') AS _group, {name} AS _dataset FROM {rows})"
+            relation = f"(SELECT *, {group_key('_xid')} AS _group, {name} AS _dataset FROM {rows})"
         sources.append(FragmentSource(dataset_id, relation, entry.structure))
     return sources
 
@@ -225,8 +224,8 @@ def partitioned_sources(view: StoreView, partitions: Partitions, datasets: dict[
 
     def source(dataset_id: str, entry: DatasetFiles, k: int) -> FragmentSource:
         path = view.files.path(partitions.datasets[dataset_id][k])
-        return FragmentSource(dataset_id, f"(SELECT * EXCLUDE (_cluster, _cluster_size), replace(_cluster::VARCHAR, "
-                                          f"'-', '') AS _group, {_quote(dataset_id)} AS _dataset "
+        return FragmentSource(dataset_id, f"(SELECT * EXCLUDE (_cluster, _cluster_size), {group_key('_cluster')} "
+                                          f"AS _group, {_quote(dataset_id)} AS _dataset "
                                           f"FROM read_parquet({_quote(str(path))}) {limit})", entry.structure)
 
     return [Partition([source(d, e, k) for d, e in datasets.items()], view.files.path(partitions.members[k]))
