@@ -11,7 +11,8 @@ import pytest
 from openprofile.core.platform import Platform
 from openprofile.core.tenancy import Tenant, find_sandbox
 from openprofile.engine import profile_store
-from openprofile.engine.profile_store import indexed_rows, partition_of
+from openprofile.engine.merge import precedence_keys_sql
+from openprofile.engine.profile_store import Partitions, indexed_rows, partition_of
 from openprofile.identity.namespaces import xid
 from openprofile.profile import store
 from tests.conftest import ORG, Api
@@ -108,7 +109,7 @@ def partition_rows(snapshot: store.StoreSnapshot, dataset_id: str) -> list[tuple
     found = []
     for k, name in enumerate(partitions.datasets[dataset_id]):
         found += [(k, *r) for r in duckdb.sql(
-            f"SELECT replace(_cluster::VARCHAR, '-', ''), _identity_id, person.name.firstName "
+            f"SELECT _group, _identity_id, person.name.firstName "
             f"FROM read_parquet('{snapshot.path(name)}')").fetchall()]
     return found
 
@@ -138,6 +139,12 @@ def test_partitions_keep_each_cluster_whole_and_are_remade_only_when_their_input
                              f"WHERE _group = '{cluster}'").fetchall()[0][0]
         assert members == 2  # its CRMID and its email
     assert {(i, n) for _, _, i, n in partition_rows(snapshot, crm)} == {(f"C{i}", f"P{i}") for i in range(10)}
+    for dataset in (crm, loyalty):  # the precedence key's record parts, kept as the merge would compute them
+        entry = snapshot.manifest.datasets[dataset]
+        for name in partitions.datasets[dataset]:
+            stored = duckdb.sql(f"SELECT __kt, __kh, {', '.join(precedence_keys_sql(entry.structure))} "
+                                f"FROM read_parquet('{snapshot.path(name)}')").fetchall()
+            assert all(kt == computed_kt and kh == computed_kh for kt, kh, computed_kt, computed_kh in stored)
 
     # A newer record for a key the store has: no new identity, so only the crm partitions are remade.
     ingest(api, crm, [profile("C3", "p3@x.com", "Renamed")])
@@ -164,3 +171,13 @@ def test_a_partition_holds_at_most_its_share_of_fragments_and_of_events() -> Non
     assert profile_store.partition_count(fragments + 1) == 2
     assert profile_store.partition_count(1, 3 * events) == 3  # the events need more partitions than the fragments
     assert profile_store.partition_count(5 * fragments, 3 * events) == 5
+
+
+def test_partitions_of_an_older_layout_are_not_current() -> None:
+    """A manifest written before the partitions kept their group key and precedence keys (no `layout`): exports
+    do not read its partitions (`merge_inputs`), and the next apply remakes them all (`_update_partitions`)."""
+    stored = Partitions(2, "identities-x", ["m0", "m1"], {"d": ["f0", "f1"]}, {"d": ["i0"]})
+    assert stored.current and Partitions.from_json(stored.to_json()) == stored
+    older = stored.to_json()
+    del older["layout"]
+    assert not Partitions.from_json(older).current

@@ -155,6 +155,8 @@ class FragmentSource:
     dataset_id: str
     relation: str
     structure: Structure = field(hash=False)
+    keyed: bool = False
+    """The relation also has ``__kt`` and ``__kh`` (`precedence_keys_sql`), computed when the store wrote it."""
 
 
 @dataclass(frozen=True)
@@ -300,8 +302,7 @@ def _precedence_columns(source: FragmentSource | None, rule: MergeRule, *, packe
         return [*(["CAST(0 AS INTEGER) AS __kp"] if precedence else []),
                 "CAST(0 AS BIGINT) AS __kt", "CAST(0 AS UBIGINT) AS __kh",
                 *(["CAST(0 AS HUGEINT) AS __k"] if packed else [])]
-    columns = ", ".join(quote_identifier(c) for c in source.structure)
-    effective = _effective_us(source.structure)
+    effective = "__kt" if source.keyed else _effective_us(source.structure)
     parts: list[str] = []
     if precedence:
         rank = f"CAST({len(rule.order) - rule.order.index(source.dataset_id)} AS INTEGER)"
@@ -311,8 +312,16 @@ def _precedence_columns(source: FragmentSource | None, rule: MergeRule, *, packe
         # -2^63 would overflow the HUGEINT; as -2^63 + 1 it only ties, and a tie takes the exact way.
         first, second = f"greatest({effective}, {-(1 << 63) + 1})", "coalesce(CAST(\"_ingest_ms\" AS BIGINT), 0)"
     key = f"CAST({first} AS HUGEINT) * {1 << 64} + (CAST({second} AS HUGEINT) + {1 << 63})"
-    return [*parts, f"{effective} AS __kt", f"{f'hash({columns})' if columns else 'CAST(0 AS UBIGINT)'} AS __kh",
-            *([f"{key} AS __k"] if packed else [])]
+    keys = ["__kt", "__kh"] if source.keyed else precedence_keys_sql(source.structure)
+    return [*parts, *keys, *([f"{key} AS __k"] if packed else [])]
+
+
+def precedence_keys_sql(structure: Structure) -> list[str]:
+    """The parts of a fragment's precedence key that come from its record alone: ``__kt``, its effective time,
+    and ``__kh``, the hash of its record columns. The store keeps them with its partitions (`FragmentSource.keyed`)
+    so that exports read them instead of computing them."""
+    columns = ", ".join(quote_identifier(c) for c in structure)
+    return [f"{_effective_us(structure)} AS __kt", f"{f'hash({columns})' if columns else 'CAST(0 AS UBIGINT)'} AS __kh"]
 
 
 def _precedence_order(rule: MergeRule) -> str:

@@ -224,9 +224,9 @@ def partitioned_sources(view: StoreView, partitions: Partitions, datasets: dict[
 
     def source(dataset_id: str, entry: DatasetFiles, k: int) -> FragmentSource:
         path = view.files.path(partitions.datasets[dataset_id][k])
-        return FragmentSource(dataset_id, f"(SELECT * EXCLUDE (_cluster, _cluster_size), {group_key('_cluster')} "
-                                          f"AS _group, {_quote(dataset_id)} AS _dataset "
-                                          f"FROM read_parquet({_quote(str(path))}) {limit})", entry.structure)
+        relation = (f"(SELECT * EXCLUDE (_cluster_size), {_quote(dataset_id)} AS _dataset "
+                    f"FROM read_parquet({_quote(str(path))}) {limit})")
+        return FragmentSource(dataset_id, relation, entry.structure, keyed=True)
 
     return [Partition([source(d, e, k) for d, e in datasets.items()], view.files.path(partitions.members[k]))
             for k in range(partitions.count)]

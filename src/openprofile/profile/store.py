@@ -219,7 +219,8 @@ def merge_inputs(platform: Platform, snapshot: StoreSnapshot, policy: MergePolic
     fragments = sum(pq.read_metadata(snapshot.path(f)).num_rows for entry in records.values() for f in entry.files)
     stored = snapshot.manifest.partitions
     partitions = (partitioned_sources(snapshot.view, stored, records, max_cluster_size=limit)
-                  if stitched and stored is not None and set(records) <= set(stored.datasets) else None)
+                  if stitched and stored is not None and stored.current and set(records) <= set(stored.datasets)
+                  else None)
     event_files = EventFiles(
         tuple((name, snapshot.view.lake_root / name) for entry in entries for name in entry.lake_files),
         tuple(snapshot.path(f) for entry in entries for f in entry.files),
