@@ -19,12 +19,19 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from openprofile.engine.export import with_cluster_identities
-from openprofile.engine.merge import FragmentSource, MergeRule, merge_sql, merged_structure
-from openprofile.engine.merge_arrow import merge_arrow
+from openprofile.engine.merge import (
+    FragmentSource,
+    MergeRule,
+    fragment_rows_sql,
+    merge_slots,
+    merge_sql,
+    merged_structure,
+)
+from openprofile.engine.merge_arrow import merge_arrow, merge_table
 from openprofile.engine.structure import Structure, TypeNode, to_arrow_type
 
 IDENTITY_MAP: TypeNode = {
@@ -319,3 +326,32 @@ def test_arrow_merge_with_cluster_members_equals_the_sql_merge(case: Scenario, m
         assert arrow is not None
         arrow = arrow.drop_columns(["__s"])  # with_cluster_identities' sort key, which exports do not select
         assert arrow_merge(sources, rule, None, members="prop_members") == _by_group(arrow)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario(), MEMBERS, st.randoms(use_true_random=False))
+def test_members_that_cover_the_fragments_give_the_same_identities(
+        case: Scenario, extra: list[dict[str, str]], shuffle: Any) -> None:
+    """A store partition's members (`members_cover`: every identity its fragments name, each in one cluster, sorted
+    by (_group, id, ns)) give the identities the general way gives."""
+    sources, _, precedence, _ = case
+    structure = merged_structure(sources)
+    for rule in (MergeRule("timestampOrdered"), precedence):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Arrow output on a DB-API result", category=UserWarning)
+            fragments = CON.execute(fragment_rows_sql(sources, rule)).to_arrow_table()
+        plain = merge_table(fragments, structure, merge_slots(structure), rule)
+        named = {(i["namespace"]["code"], i["id"]): g
+                 for g, ids in zip(plain.column("_group").to_pylist(), plain.column("identities").to_pylist(),
+                                   strict=True) for i in ids}
+        # an identity is in one cluster only (the graph's premise): the generator's groups may share one
+        assume(len(named) == sum(len(ids) for ids in plain.column("identities").to_pylist()))
+        for member in extra:  # identities only the graph knows (events', or tombstoned records'), in any cluster
+            named.setdefault((member["ns"], member["id"]), member["_group"])
+        rows = [{"_group": g, "ns": ns, "id": i} for (ns, i), g in named.items()]
+        shuffle.shuffle(rows)
+        members = pa.Table.from_pylist(sorted(rows, key=lambda r: (r["_group"], r["id"], r["ns"])), schema=pa.schema(
+            [("_group", pa.string()), ("ns", pa.string()), ("id", pa.string())]))
+        general = merge_table(fragments, structure, merge_slots(structure), rule, members=members)
+        covered = merge_table(fragments, structure, merge_slots(structure), rule, members=members, members_cover=True)
+        assert covered.to_pylist() == general.to_pylist()

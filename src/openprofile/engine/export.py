@@ -237,11 +237,6 @@ def members_relation(members: Path) -> str:
     return f"(SELECT {group_key('cluster')} AS _group, ns, id FROM read_parquet('{members}'))"
 
 
-def _members_part(partition: Partition) -> str:
-    """A partition's members as (_group, ns, id), as `members_relation` gives the whole index."""
-    return f"(SELECT _group, ns, id FROM read_parquet({_quote(str(partition.members))}))"
-
-
 def with_cluster_identities(merged: str, members: str | Path) -> str:
     """A stitched profile's `identities` are every identity of its cluster (aep-semantics §2.5), not only those
     its record fragments name: members the fragments do not name are added, not primary. The list is ordered
@@ -273,7 +268,9 @@ class ArrowMerge:
     structure: Structure = field(hash=False)
     rule: MergeRule
     name: str
-    members: str | None = None
+    members: str | Path | None = None
+    """A relation of (_group, ns, id), or a store partition's members file (`Partition.members`), read as it is:
+    sorted, and covering the fragments' identities (`merge_table`'s `members_cover`)."""
 
 
 @dataclass(frozen=True)
@@ -341,13 +338,13 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
     fragments = fragment_rows_sql(plan.sources, plan.rule)
     merged_name = f"{table}_merged"
     # (fragment rows, members, memberships) of each part
-    parts: list[tuple[str, str | None, str | None]] = [(fragments, members, computed)]
+    parts: list[tuple[str, str | Path | None, str | None]] = [(fragments, members, computed)]
     if stored is not None:
         # The store keeps the fragments and members by cluster already: only computed memberships (and events)
         # are split.
         if computed is not None and slices > 1:
             splits.append((computed, f"{table}_slice_s"))
-        parts = [(fragment_rows_sql(p.sources, plan.rule), _members_part(p) if members is not None else None,
+        parts = [(fragment_rows_sql(p.sources, plan.rule), p.members if members is not None else None,
                   _slice_table(f"{table}_slice_s", k) if splits else computed)
                  for k, p in enumerate(stored)]
     elif slices > 1:
@@ -376,10 +373,11 @@ def export_query(plan: ExportPlan, *, only_segment: SegmentCondition | None = No
     namespace = ("coalesce(list_filter(m.\"identities\", lambda i: i.\"primary\")[1], "
                  "m.\"identities\"[1]).namespace.code AS __ns")
 
-    def merged(_fragments: str, members: str | None, memberships: str | None) -> str:
+    def merged(_fragments: str, members: str | Path | None, memberships: str | None) -> str:
         """The part's merged rows (its fragments are the ArrowMerge's), with members and memberships."""
         sql = f"SELECT * FROM {merged_name}"  # the ArrowMerge's, cluster identities included
-        if joins_events:
+        if joins_events:  # never from the store's partitions: `members` is the members relation
+            assert not isinstance(members, Path)
             sql = merge_sql(plan.sources, plan.rule)
             sql = with_cluster_identities(sql, members) if members is not None else sql
         return with_memberships(sql, merged_columns, memberships) if overlay else sql
@@ -604,10 +602,13 @@ def _part_tables(query: ExportQuery, part: ExportPart, conn: duckdb.DuckDBPyConn
             return conn.sql(sql).to_arrow_table()
 
         fragments = read(merge.fragments, merge.fragments)
-        members = (read(merge.members, f"SELECT _group, ns, id FROM {merge.members}")
-                   if merge.members is not None else None)
+        members = None
+        if isinstance(merge.members, Path):  # in the file's order (DuckDB's scans keep none)
+            members = pq.read_table(merge.members, columns=["_group", "ns", "id"], use_threads=False)
+        elif merge.members is not None:
+            members = read(merge.members, f"SELECT _group, ns, id FROM {merge.members}")
         tables[merge.name] = merge_table(fragments, merge.structure, merge_slots(merge.structure), merge.rule,
-                                         members=members)
+                                         members=members, members_cover=isinstance(merge.members, Path))
     return tables
 
 

@@ -352,6 +352,39 @@ def _identity_lists(count: int, identities: Identities, members: pa.Table | None
     return _lists(items, groups[distinct], count, pa.list_(IDENTITY_TYPE))
 
 
+def _member_identity_lists(count: int, identities: Identities, members: pa.Table, keys: pa.Array) -> pa.Array:
+    """`_identity_lists` with `members` when they cover the fragments' identities (`merge_table`'s
+    `members_cover`): each group's members in their order, primary where one of its primary identities is
+    that member. Only the primary identities are matched, each against its own group's few members, so no
+    string is sorted or hashed per identity."""
+    numbers = np.asarray(pc.fill_null(pc.index_in(members.column("_group"), value_set=keys), -1), dtype=np.int64)
+    listed = np.flatnonzero(numbers >= 0)
+    listed = listed[np.argsort(numbers[listed], kind="stable")]  # by group, each group's in the members' order
+    listed_groups = numbers[listed]
+    member_ids = members.column("id").combine_chunks().cast(pa.string())
+    member_ns = members.column("ns").combine_chunks().cast(pa.string())
+    groups, namespaces, ids, primary = identities
+    said = np.flatnonzero(primary)
+    firsts = np.searchsorted(listed_groups, groups[said])
+    lengths = np.searchsorted(listed_groups, groups[said], side="right") - firsts
+    owner = np.repeat(np.arange(len(said)), lengths)  # each (primary identity, member of its group) pair
+    member = listed[np.repeat(firsts - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))]
+    owner = said[owner]
+    same = np.asarray(pc.fill_null(pc.equal(ids.cast(pa.string()).take(pa.array(owner, type=pa.int64())),
+                                            member_ids.take(pa.array(member, type=pa.int64()))), False), dtype=bool)
+    owner, member = owner[same], member[same]  # the same id: the namespace decides
+    same = pc.equal(namespaces.cast(pa.string()).take(pa.array(owner, type=pa.int64())),
+                    member_ns.take(pa.array(member, type=pa.int64())))
+    flags = np.zeros(members.num_rows, dtype=bool)
+    flags[member[np.asarray(pc.fill_null(same, False), dtype=bool)]] = True
+    picked = pa.array(listed, type=pa.int64())
+    items = pa.StructArray.from_arrays(
+        [member_ids.take(picked), pa.StructArray.from_arrays([member_ns.take(picked)], names=["code"]),
+         pa.array(flags[listed], type=pa.bool_())],
+        fields=list(IDENTITY_TYPE))
+    return _lists(items, listed_groups, count, pa.list_(IDENTITY_TYPE))
+
+
 def _struct(path: tuple[str, ...], node: TypeNode, merged: dict[tuple[str, ...], pa.Array]) -> pa.Array:
     """The merged value at `path`, structs rebuilt from their merged leaves (NULL when all of them are)."""
     if path in merged:
@@ -365,9 +398,12 @@ def _struct(path: tuple[str, ...], node: TypeNode, merged: dict[tuple[str, ...],
 
 
 def merge_table(fragments: pa.Table, structure: Structure, slots: list[Slot], rule: MergeRule, *,
-                members: pa.Table | None = None) -> pa.Table:
+                members: pa.Table | None = None, members_cover: bool = False) -> pa.Table:
     """Fragment rows (`fragment_rows_sql`'s columns) → one merged row per group, `merge_sql`'s columns; with
-    `members`, `identities` lists each group's whole cluster (`_identity_lists`)."""
+    `members`, `identities` lists each group's whole cluster (`_identity_lists`). `members_cover`: the members
+    are sorted by (_group, id, ns) and include every identity the fragments name, as the store's partitions
+    do (its identity graph is made from the same records' identities), so the identities are the members
+    (`_member_identity_lists`)."""
     if fragments.column("_group").null_count:
         fragments = fragments.filter(pc.is_valid(fragments.column("_group")))
     ranked = _Fragments(fragments, rule)
@@ -385,7 +421,9 @@ def merge_table(fragments: pa.Table, structure: Structure, slots: list[Slot], ru
     columns: dict[str, pa.Array] = {"_group": ranked.keys}
     for name, node in structure.items():
         columns[name] = _struct((name,), node, merged)
-    columns["identities"] = _identity_lists(ranked.count, identities, members, ranked.keys)
+    columns["identities"] = (_member_identity_lists(ranked.count, identities, members, ranked.keys)
+                             if members is not None and members_cover
+                             else _identity_lists(ranked.count, identities, members, ranked.keys))
     columns["_sources"] = ranked.distinct("_dataset")
     columns["_tags"] = ranked.distinct("_batch")
     columns["_last_modified_ms"] = ranked.latest_ingestion()

@@ -115,8 +115,9 @@ class DatasetFiles:
     segments: list[str] | None = None  # record datasets: the `segmentMembership.ups` segment ids ingested
 
 
-PARTITIONS_LAYOUT = 2
-"""The columns of the partitions' fragment files: 2 adds the group key and the precedence key's record parts."""
+PARTITIONS_LAYOUT = 3
+"""The partitions' files: 2 adds the group key and the precedence key's record parts to the fragments, 3 sorts the
+members by (cluster, id, ns)."""
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,9 @@ class Partitions:
     `count` partitions, a cluster's rows all in partition ``hash(cluster key) % count`` (`partition_of`). Per
     record dataset, one Parquet file per partition, and the fragment index files it was made from (`built_from`:
     it is remade when they, the identities or the count change). Each fragment row is its indexed lake row with
-    `_group`, `_cluster_size` and the precedence key's `__kt` and `__kh` (`precedence_keys_sql`); partitions of an
-    older `layout` are not read, and remade by the next apply."""
+    `_group`, `_cluster_size` and the precedence key's `__kt` and `__kh` (`precedence_keys_sql`); each members
+    file is sorted by (cluster, id, ns). Partitions of an older `layout` are not read, and remade by the next
+    apply."""
 
     count: int
     identities: str
@@ -605,7 +607,8 @@ def _update_partitions(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manif
         assert manifest.members is not None
         members = _write_partitioned(
             conn, store, f"SELECT {group} AS _group, c.ns, c.id, {partition_of(group, count)} AS __part "
-                         f"FROM read_parquet('{_escape(str(store.path(manifest.members)))}') c", count, "members-part")
+                         f"FROM read_parquet('{_escape(str(store.path(manifest.members)))}') c "
+                         f"ORDER BY c.cluster, c.id, c.ns", count, "members-part")
     datasets: dict[str, list[str]] = {}
     built_from: dict[str, list[str]] = {}
     for dataset_id, entry in sorted(records.items()):
