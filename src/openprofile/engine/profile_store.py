@@ -608,7 +608,7 @@ def _update_partitions(conn: duckdb.DuckDBPyConnection, store: StoreFiles, manif
         members = _write_partitioned(
             conn, store, f"SELECT {group} AS _group, c.ns, c.id, {partition_of(group, count)} AS __part "
                          f"FROM read_parquet('{_escape(str(store.path(manifest.members)))}') c "
-                         f"ORDER BY c.cluster, c.id, c.ns", count, "members-part")
+                         f"ORDER BY __part, c.cluster, c.id, c.ns", count, "members-part")
     datasets: dict[str, list[str]] = {}
     built_from: dict[str, list[str]] = {}
     for dataset_id, entry in sorted(records.items()):
