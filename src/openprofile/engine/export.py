@@ -71,6 +71,9 @@ EVENT_BATCH_ROWS = 16_384
 """Profile rows per batch when each row carries its events."""
 ROW_GROUP_ROWS = 16_384
 DICTIONARY_PAGE_BYTES = 16_384
+"""Dictionary page limit of export files: columns of few values keep their dictionary, those of mostly distinct
+values (names, emails, ids) give it up early, where building it costs time and bytes (-15% write CPU, -14% bytes
+for all fields)."""
 WRITER_LANES = 2
 """Parquet files written at the same time (each batch goes to one of them)."""
 LOADERS = 2
@@ -963,8 +966,6 @@ class _Files:
             index = len(self.result.files)
             name = f"{self.prefix}-{index:05d}.parquet"
             self.result.files.append((name, 0, 0))
-        # A small dictionary page: columns of few values keep their dictionary, those of mostly distinct values
-        # (names, emails, ids) give it up early, where building it costs time and bytes (-15% write CPU, -14% bytes).
         return index, pq.ParquetWriter(self.out_dir / name, self.schema, compression="zstd",
                                        dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES)
 

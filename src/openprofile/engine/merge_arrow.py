@@ -401,9 +401,9 @@ def merge_table(fragments: pa.Table, structure: Structure, slots: list[Slot], ru
                 members: pa.Table | None = None, members_cover: bool = False) -> pa.Table:
     """Fragment rows (`fragment_rows_sql`'s columns) → one merged row per group, `merge_sql`'s columns; with
     `members`, `identities` lists each group's whole cluster (`_identity_lists`). `members_cover`: the members
-    are sorted by (_group, id, ns) and include every identity the fragments name, as the store's partitions
-    do (its identity graph is made from the same records' identities), so the identities are the members
-    (`_member_identity_lists`)."""
+    are grouped by _group, each group's sorted by (id, ns), and include every identity the fragments name, as
+    the store's partitions do (its identity graph is made from the same records' identities), so the
+    identities are the members (`_member_identity_lists`)."""
     if fragments.column("_group").null_count:
         fragments = fragments.filter(pc.is_valid(fragments.column("_group")))
     ranked = _Fragments(fragments, rule)
