@@ -85,11 +85,11 @@ def _sort_order(*keys: Ints | npt.NDArray[np.uint64]) -> Ints:
     for key in keys:
         low, high = int(key.min()), int(key.max())
         width = (high - low).bit_length()
-        if bits + width > _PACKED_BITS:
+        if bits + width <= _PACKED_BITS:
+            offsets = (key - key.dtype.type(low)).astype(np.int64)
+        elif bits + (count - 1).bit_length() <= _PACKED_BITS:  # its ranks may fit
             distinct, ranks = np.unique(key, return_inverse=True)
             offsets, width = ranks.astype(np.int64), (len(distinct) - 1).bit_length()
-        else:
-            offsets = (key - key.dtype.type(low)).astype(np.int64)
         if bits + width > _PACKED_BITS:
             break
         packed = (packed << width) | offsets
@@ -344,12 +344,18 @@ def _identity_lists(count: int, identities: Identities, members: pa.Table | None
     order = _order(groups, first, second, ~primary)
     taken = pa.array(order, type=pa.int64())
     distinct = order[_run_starts(groups[order], first.take(taken), second.take(taken))]
-    picked = pa.array(distinct, type=pa.int64())
+    return _identity_list_array(ids, namespaces, primary, distinct, groups[distinct], count)
+
+
+def _identity_list_array(ids: pa.Array, namespaces: pa.Array, primary: Bools, picked: Ints, groups: Ints,
+                         count: int) -> pa.Array:
+    """The `identities` column: the identities at `picked` (ordered by their `groups`), one list per group."""
+    taken = pa.array(picked, type=pa.int64())
     items = pa.StructArray.from_arrays(
-        [ids.take(picked), pa.StructArray.from_arrays([namespaces.take(picked)], names=["code"]),
-         pa.array(primary[distinct], type=pa.bool_())],
+        [ids.take(taken), pa.StructArray.from_arrays([namespaces.take(taken)], names=["code"]),
+         pa.array(primary[picked], type=pa.bool_())],
         fields=list(IDENTITY_TYPE))
-    return _lists(items, groups[distinct], count, pa.list_(IDENTITY_TYPE))
+    return _lists(items, groups, count, pa.list_(IDENTITY_TYPE))
 
 
 def _member_identity_lists(count: int, identities: Identities, members: pa.Table, keys: pa.Array) -> pa.Array:
@@ -377,12 +383,7 @@ def _member_identity_lists(count: int, identities: Identities, members: pa.Table
                     member_ns.take(pa.array(member, type=pa.int64())))
     flags = np.zeros(members.num_rows, dtype=bool)
     flags[member[np.asarray(pc.fill_null(same, False), dtype=bool)]] = True
-    picked = pa.array(listed, type=pa.int64())
-    items = pa.StructArray.from_arrays(
-        [member_ids.take(picked), pa.StructArray.from_arrays([member_ns.take(picked)], names=["code"]),
-         pa.array(flags[listed], type=pa.bool_())],
-        fields=list(IDENTITY_TYPE))
-    return _lists(items, listed_groups, count, pa.list_(IDENTITY_TYPE))
+    return _identity_list_array(member_ids, member_ns, flags, listed, listed_groups, count)
 
 
 def _struct(path: tuple[str, ...], node: TypeNode, merged: dict[tuple[str, ...], pa.Array]) -> pa.Array:
